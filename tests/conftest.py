@@ -111,7 +111,6 @@ def pytest_runtest_makereport(item, call):
     return rep
 
 
-
 class RunningFleet:
     """The fleet service (ingest + API) running in a thread of the test process."""
 
@@ -146,7 +145,7 @@ class RunningFleet:
             self._error = e
             self._ready.set()
 
-    def start(self) -> "RunningFleet":
+    def start(self) -> RunningFleet:
         self._thread.start()
         self._ready.wait(30)
         if self._error:
@@ -168,11 +167,18 @@ def fleet_service(db_url, broker):
     from fleet.settings import Settings
 
     running: list[RunningFleet] = []
+    # One ingest session per test, kept across restarts within it (a persistent session's queue
+    # is what the restart tests are about), and never shared with another test's.
+    client_id = f"maille-ingest-{uuid.uuid4().hex[:8]}"
     engine = make_engine(db_url)
     upgrade(engine)
 
-    def start(**over) -> RunningFleet:
-        settings = Settings(database_url=db_url, mqtt_url=broker.fleet_url, api_port=free_port(), **over)
+    def start(on: LocalBroker | None = None, **over) -> RunningFleet:
+        """Start a fleet service, on the session broker or the test's own (`on`)."""
+        over.setdefault("ingest_client_id", client_id)
+        settings = Settings(
+            database_url=db_url, mqtt_url=(on or broker).fleet_url, api_port=free_port(), **over
+        )
         f = RunningFleet(settings, engine).start()
         running.append(f)
         return f

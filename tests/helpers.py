@@ -11,7 +11,9 @@ import paho.mqtt.client as mqtt
 from fleet.broker import FLEET_USER, LocalBroker
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = ""):
+def wait_until(
+    predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05, what: str = ""
+):
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -25,7 +27,9 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval:
 class Observer:
     """A paho-mqtt client (the fleet's user by default) that records what it receives."""
 
-    def __init__(self, broker: LocalBroker, topics: list[str], user: str = FLEET_USER, password: str | None = None):
+    def __init__(
+        self, broker: LocalBroker, topics: list[str], user: str = FLEET_USER, password: str | None = None
+    ):
         self.messages: queue.Queue = queue.Queue()
         self.seen: list[tuple[str, bytes, bool]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)

@@ -1,78 +1,262 @@
-# The node: sample sensors, queue telemetry, keep one MQTT link alive and publish through it.
+# The node: sample sensors, queue telemetry, keep one MQTT link alive and publish through it,
+# take configuration and commands from the fleet.
+import json
 import random
 
 import asyncio
 
-from node import VERSION, codec, config, sensors, store
+from node import VERSION, codec, config, remote, store
 from node.mqtt import ConnectRefused, MQTTClient, MQTTError
 from node.outbox import Outbox
 from node.port import port
 
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
+HEALTHY_AFTER_MS = 20000  # online this long with data stored by the fleet: the boot counts as good
+UNTIMED_MAX = 360  # readings held while the clock is unknown
 
 
 class Node:
-    def __init__(self, cfg):
+    def __init__(self, cfg, safe=False):
         self.cfg = cfg
+        self.safe = safe
         self.id = cfg["device_id"]
         store.ensure_dir("data")
         self.boot = store.bump("data/boot")
         self.reset_cause = port.reset_cause()
         self.seq = store.SeqCounter("data/seq")
-        self.outbox = Outbox(cfg.get("outbox_ram", 500))
-        self.sensors = sensors.build(cfg["sensors"], port.epoch)
+        self.outbox = Outbox("data/outbox", ram_capacity=cfg.get("outbox_ram", 100),
+                             flash_capacity=cfg.get("outbox_flash", 20000), clock=port.ticks_ms, diff=port.ticks_diff)
+        self.sensors = []
         self.faults = []
-        self.control = []  # non-telemetry messages for the publishing task: (channel, payload)
+        self.untimed = []  # [seq, records, ticks] taken before the clock was known
+        self.untimed_dropped = 0
+        self.control = []  # (channel, payload) for the publishing task, before telemetry
         self.wake = asyncio.Event()
+        self.client = None
         self.reconnects = 0
         self.started = port.ticks_ms()
         self.heap_min = port.mem_free()
+        self.loop_lag = 0
+        self.healthy = False
+        self.online_since = None
+        self.pending_reset = False
+        self.config_version = cfg.get("config_version", 0)
 
     def topic(self, channel):
         return codec.topic(self.id, channel)
 
+    def log(self, level, msg):
+        if remote.LEVELS.index(level) >= remote.LEVELS.index(self.cfg.get("log_level", "info")):
+            port.log(msg)
+
     # --- sampling ---------------------------------------------------------------------------
+    def build_sensors(self):
+        # Imported here so that safe mode never loads sensor code, the likeliest cause of a crash.
+        from node import sensors
+
+        self.sensors = sensors.build(self.cfg["sensors"], port.epoch)
+        for s in self.sensors:
+            s.setup()
+
     def sample(self):
         records = []
         faults = []
+        cal = self.cfg.get("calibration") or {}
         for s in self.sensors:
             try:
-                records.extend(s.read())
+                for n, u, v in s.read():
+                    records.append((n, u, v + cal[n] if n in cal else v))
             except Exception as e:
                 faults.append("%s: %s" % (s.__class__.__name__, e))
         self.faults = faults
-        if records:
-            seq = self.seq.take()
-            self.outbox.put(seq, codec.telemetry(seq, port.epoch(), records))
-            self.wake.set()
+        if not records:
+            return
+        seq = self.seq.take()
+        if not port.time_synced():
+            self.untimed.append([seq, records, port.ticks_ms()])
+            if len(self.untimed) > UNTIMED_MAX:
+                self.untimed.pop(0)
+                self.untimed_dropped += 1
+            return
+        self.flush_untimed()
+        self.queue(seq, port.epoch(), records)
+
+    def flush_untimed(self):
+        """The clock is known now: date what was sampled before, from its age, and queue it."""
+        now_s = port.epoch()
+        now_ms = port.ticks_ms()
+        for seq, records, ticks in self.untimed:
+            self.queue(seq, now_s - port.ticks_diff(now_ms, ticks) // 1000, records)
+        self.untimed = []
+
+    def queue(self, seq, bt, records):
+        link = self.client is not None and self.client.connected
+        self.outbox.put(seq, codec.telemetry(seq, bt, records), link)
+        self.wake.set()
 
     async def sample_loop(self):
-        for s in self.sensors:
-            s.setup()
         while True:
+            t0 = port.ticks_ms()
             self.sample()
-            await port.sleep_ms(int(self.cfg["sample_interval_s"] * 1000))
+            self.outbox.maintain()
+            self.check_healthy()
+            interval = int(self.cfg["sample_interval_s"] * 1000)
+            await port.sleep_ms(max(0, interval - port.ticks_diff(port.ticks_ms(), t0)))
 
     async def health_loop(self):
         while True:
-            await port.sleep_ms(int(self.cfg["health_interval_s"] * 1000))
-            free = port.mem_free()
-            if free is not None and (self.heap_min is None or free < self.heap_min):
-                self.heap_min = free
-            uptime = port.ticks_diff(port.ticks_ms(), self.started) // 1000
-            self.control.append(("health", codec.health(
-                uptime, free, self.heap_min, self.reset_cause, port.rssi(), self.reconnects,
-                len(self.outbox), self.faults)))
+            period = int(self.cfg["health_interval_s"] * 1000)
+            t0 = port.ticks_ms()
+            await port.sleep_ms(period)
+            lag = port.ticks_diff(port.ticks_ms(), t0) - period
+            if lag > self.loop_lag:
+                self.loop_lag = lag
+            self.control.append(("health", self.health()))
+            self.loop_lag = 0
             self.wake.set()
 
-    # --- link -------------------------------------------------------------------------------
+    def health(self):
+        free = port.mem_free()
+        if free is not None and (self.heap_min is None or free < self.heap_min):
+            self.heap_min = free
+        ob = self.outbox
+        return json.dumps({
+            "uptime": port.ticks_diff(port.ticks_ms(), self.started) // 1000, "heap_free": free,
+            "heap_min": self.heap_min, "reset": self.reset_cause, "rssi": port.rssi(),
+            "reconnects": self.reconnects, "outbox": len(ob) + len(self.untimed), "outbox_flash": ob.flash_count,
+            "outbox_dropped": ob.dropped + self.untimed_dropped, "flash_writes": ob.flash_writes,
+            "loop_lag_ms": self.loop_lag, "faults": self.faults, "mode": "safe" if self.safe else "normal",
+            "boot": self.boot,
+        })
+
+    def check_healthy(self):
+        """Tell the loader this boot is good: online for a while, and the fleet stores our data."""
+        if self.healthy or self.safe or self.online_since is None or self.outbox.stored_upto < 0:
+            return
+        if port.ticks_diff(port.ticks_ms(), self.online_since) >= HEALTHY_AFTER_MS:
+            store.write_atomic("data/crashes", "0")
+            self.healthy = True
+            self.log("info", "node: healthy, boot confirmed")
+
+    # --- messages from the fleet ------------------------------------------------------------
     def on_message(self, topic, payload, retained):
         if topic == self.topic("stored"):
-            seq = codec.stored_seq(payload)
-            if seq is not None:
-                self.outbox.release(seq)
+            self.on_stored(payload)
+        elif topic == self.topic("config"):
+            self.on_config(payload)
+        elif topic == self.topic("cmd"):
+            self.on_command(payload)
 
+    def on_stored(self, payload):
+        seq = codec.stored_seq(payload)
+        if seq is None:
+            return
+        self.outbox.release(seq)
+        # A board that took over this identity (a replacement, a wiped flash) must not reuse
+        # numbers the fleet already holds: they would be taken for repeats.
+        self.seq.advance(seq + 1)
+        if not port.time_synced():
+            t = codec.stored_time(payload)
+            if t:
+                port.set_time(t)
+                self.log("info", "time: set from the fleet's clock")
+
+    def on_config(self, payload):
+        try:
+            # Safe mode must not load sensor code (the likely crash), so sensor types go unchecked.
+            version, settings = remote.parse_config(payload, None if self.safe else self.known_kinds())
+        except ValueError as e:
+            self.reply(remote.ack("config", "config", False, error=str(e)))
+            self.log("warning", "config: refused: %s" % e)
+            return
+        if version == self.config_version:
+            return  # the retained copy we already run, seen again after a reconnect
+        ident = "config-%d" % version
+        try:
+            self.apply_config(version, settings)
+        except Exception as e:
+            self.reply(remote.ack(ident, "config", False, error="not applied: %s" % e))
+            return
+        self.reply(remote.ack(ident, "config", True, result={"version": version}))
+        self.log("info", "config: version %d applied" % version)
+        if self.safe:
+            self.leave_safe_mode()
+
+    def known_kinds(self):
+        from node import sensors
+
+        return tuple(sensors.KINDS)
+
+    def apply_config(self, version, settings):
+        sensors_changed = "sensors" in settings and settings["sensors"] != self.cfg.get("sensors")
+        config.save_remote(version, settings)
+        self.cfg.update(settings)
+        self.cfg["config_version"] = version
+        self.config_version = version
+        if sensors_changed and not self.safe:
+            self.build_sensors()
+
+    def leave_safe_mode(self):
+        """A fix arrived: try a normal boot again."""
+        store.write_atomic("data/crashes", "0")
+        self.log("warning", "node: leaving safe mode, rebooting")
+        self.pending_reset = True
+
+    def on_command(self, payload):
+        try:
+            ident, cmd, args, expires = remote.parse_command(payload)
+        except ValueError as e:
+            self.reply(remote.ack("unknown", "unknown", False, error=str(e)))
+            return
+        if expires is not None and port.time_synced() and port.epoch() > expires:
+            self.reply(remote.ack(ident, cmd, False, error="expired"))
+            return
+        try:
+            result = self.run_command(cmd, args)
+        except Exception as e:
+            self.reply(remote.ack(ident, cmd, False, error=str(e)))
+            return
+        self.reply(remote.ack(ident, cmd, True, result=result))
+
+    def run_command(self, cmd, args):
+        if cmd == "reboot":
+            self.pending_reset = True
+            return {"rebooting": True}
+        if cmd == "identify":
+            seconds = args.get("seconds", 10)
+            port.identify(seconds)
+            self.log("info", "identify: status LED blinking for %d s" % seconds)
+            return {"seconds": seconds}
+        if cmd == "co2_recalibrate":
+            ppm = args.get("ppm")
+            if not isinstance(ppm, int) or not 300 <= ppm <= 5000:
+                raise ValueError("ppm must be an integer between 300 and 5000")
+            for s in self.sensors:
+                if hasattr(s, "force_recalibration"):
+                    return {"correction_ppm": s.force_recalibration(ppm)}
+            raise ValueError("no CO2 sensor on this node")
+        if cmd == "time_sync":
+            if not port.sync_time(args.get("server")):
+                raise ValueError("no answer from the time server")
+            return {"time": port.epoch()}
+        if cmd == "flush_outbox":
+            self.outbox.rewind()
+            self.wake.set()
+            return {"waiting": len(self.outbox)}
+        if cmd == "log_level":
+            level = args.get("level")
+            if level not in remote.LEVELS:
+                raise ValueError("level must be one of debug, info, warning, error")
+            self.cfg["log_level"] = level
+            return {"level": level}
+        raise ValueError("unknown command %r" % cmd)
+
+    def reply(self, payload):
+        self.control.append(("ack", payload))
+        self.wake.set()
+
+    # --- link -------------------------------------------------------------------------------
     def new_client(self):
         m = self.cfg["mqtt"]
         return MQTTClient(
@@ -85,43 +269,57 @@ class Node:
         backoff = BACKOFF_MIN_MS
         while True:
             if not port.connect_network(self.cfg):
-                port.log("net: link down")
+                self.log("warning", "net: link down")
             else:
                 client = self.new_client()
                 try:
                     await client.connect()
                 except ConnectRefused as e:
-                    port.log("mqtt: " + str(e))
+                    self.log("error", "mqtt: " + str(e))
                 except (OSError, MQTTError, asyncio.TimeoutError) as e:
-                    port.log("mqtt: cannot reach broker %s:%d (%r)" % (client.host, client.port_no, e))
+                    self.log("warning", "mqtt: cannot reach broker %s:%d (%r)" % (client.host, client.port_no, e))
                 else:
                     backoff = BACKOFF_MIN_MS
+                    self.client = client
                     await self.online(client)
+                    self.client = None
+                    self.online_since = None
+                    self.outbox.spill()
                     self.reconnects += 1
+                    if self.pending_reset:
+                        port.reset()
             # Exponential backoff with jitter, so a building's nodes do not reconnect in step.
             await port.sleep_ms(backoff // 2 + random.getrandbits(16) % (backoff // 2 + 1))
             backoff = min(backoff * 2, BACKOFF_MAX_MS)
 
     async def online(self, client):
-        port.log("mqtt: connected to %s:%d as %s" % (client.host, client.port_no, self.id))
+        self.log("info", "mqtt: connected to %s:%d as %s" % (client.host, client.port_no, self.id))
         try:
-            await client.subscribe(self.topic("stored"))
-            birth = codec.state_online(VERSION, self.cfg["board"], self.boot, self.reset_cause, port.epoch())
+            for channel in ("stored", "config", "cmd"):
+                await client.subscribe(self.topic(channel))
+            birth = codec.state_online(VERSION, self.cfg["board"], self.boot, self.reset_cause, port.epoch(),
+                                       "safe" if self.safe else "normal", self.config_version)
             await client.publish(self.topic("state"), birth, qos=1, retain=True)
+            self.online_since = port.ticks_ms()
             self.outbox.rewind()
             await self.publish_loop(client)
         except (OSError, MQTTError, asyncio.TimeoutError) as e:
-            port.log("mqtt: publish failed (%s)" % e)
+            self.log("warning", "mqtt: publish failed (%s)" % e)
+        if self.pending_reset and client.connected:
+            await client.publish(self.topic("state"), codec.state_offline("reboot"), qos=1, retain=True)
         await client.disconnect()
-        port.log("mqtt: link lost: %s" % (client.error or "disconnected"))
+        self.log("warning", "mqtt: link lost: %s" % (client.error or "disconnected"))
 
     async def publish_loop(self, client):
         """The one task that publishes: control messages first, then telemetry in order."""
         while client.connected:
             if self.control:
-                channel, payload = self.control.pop(0)
+                channel, payload = self.control[0]
                 await client.publish(self.topic(channel), payload, qos=1)
+                self.control.pop(0)
                 continue
+            if self.pending_reset:
+                return
             item = self.outbox.next_unsent()
             if item is None:
                 self.wake.clear()
@@ -133,17 +331,30 @@ class Node:
             seq, payload = item
             await client.publish(self.topic("telemetry"), payload, qos=1)
             self.outbox.mark_sent(seq)
-            port.log("sent seq=%d" % seq)
+            self.log("info", "sent seq=%d" % seq)
 
     async def run(self):
-        port.log("node %s fw %s boot %d (%s) on %s" % (self.id, VERSION, self.boot, self.reset_cause, port.NAME))
-        await asyncio.gather(self.sample_loop(), self.health_loop(), self.link_loop())
+        mode = " SAFE MODE (sensors off)" if self.safe else ""
+        self.log("info", "node %s fw %s boot %d (%s) on %s%s" % (
+            self.id, VERSION, self.boot, self.reset_cause, port.NAME, mode))
+        tasks = [self.health_loop(), self.link_loop()]
+        if not self.safe:
+            self.build_sensors()
+            tasks.append(self.sample_loop())
+        else:
+            tasks.append(self.safe_loop())
+        await asyncio.gather(*tasks)
+
+    async def safe_loop(self):
+        while True:
+            await port.sleep_ms(1000)
+            self.outbox.maintain()
 
 
-def main():
+def main(safe=False):
     try:
         cfg = config.load()
     except config.ConfigError as e:
         port.log("config: " + str(e))
         return
-    asyncio.run(Node(cfg).run())
+    asyncio.run(Node(cfg, safe).run())

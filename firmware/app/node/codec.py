@@ -14,8 +14,9 @@ def telemetry(seq, bt, records):
     return json.dumps({"seq": seq, "bt": bt, "e": e})
 
 
-def state_online(fw, board, boot, reset, ts):
-    return json.dumps({"state": "online", "fw": fw, "board": board, "boot": boot, "reset": reset, "ts": ts})
+def state_online(fw, board, boot, reset, ts, mode, config_version):
+    return json.dumps({"state": "online", "fw": fw, "board": board, "boot": boot, "reset": reset, "ts": ts,
+                       "mode": mode, "config": config_version})
 
 
 def state_offline(reason=None):
@@ -24,15 +25,19 @@ def state_offline(reason=None):
     return json.dumps({"state": "offline", "reason": reason})
 
 
-def health(uptime, heap_free, heap_min, reset, rssi, reconnects, outbox, faults):
-    return json.dumps({"uptime": uptime, "heap_free": heap_free, "heap_min": heap_min, "reset": reset,
-                       "rssi": rssi, "reconnects": reconnects, "outbox": outbox, "faults": faults})
+def _stored_field(payload, key):
+    try:
+        value = json.loads(payload)[key]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def stored_seq(payload):
     """The fleet's watermark from a `stored` message, or None if it is not one."""
-    try:
-        seq = json.loads(payload)["seq"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return seq if isinstance(seq, int) and seq >= 0 else None
+    return _stored_field(payload, "seq")
+
+
+def stored_time(payload):
+    """The fleet's clock (Unix seconds) from a `stored` message, if it carries one."""
+    return _stored_field(payload, "t")

@@ -57,8 +57,24 @@ def validate(cfg):
     return cfg
 
 
+REMOTE_PATH = "data/remote.json"
+
+
+def save_remote(version, settings):
+    """Persist the fleet's config so it survives a reboot (config.json itself is never rewritten)."""
+    from node.store import write_atomic
+
+    write_atomic(REMOTE_PATH, json.dumps({"version": version, "settings": settings}))
+
+
 def load(config_path="config.json", creds_path="creds.json"):
     cfg = _merge(DEFAULTS, _read_json(config_path))
+    try:
+        remote = _read_json(REMOTE_PATH)
+        cfg.update(remote["settings"])
+        cfg["config_version"] = remote["version"]
+    except (ConfigError, KeyError, TypeError):
+        pass
     creds = _read_json(creds_path)
     cfg["mqtt"] = _merge(cfg["mqtt"], {"user": creds.get("user"), "password": creds.get("password")})
     return validate(cfg)

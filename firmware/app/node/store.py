@@ -44,6 +44,13 @@ class SeqCounter:
         self.limit = self.next + self.BLOCK
         write_atomic(self.path, str(self.limit))
 
+    def advance(self, n):
+        """Never number below `n` again (the fleet has stored up to n - 1 from this identity)."""
+        if n > self.next:
+            self.next = n
+            if n >= self.limit:
+                self._reserve()
+
     def take(self):
         if self.next >= self.limit:
             self._reserve()

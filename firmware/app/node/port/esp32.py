@@ -110,3 +110,51 @@ class Watchdog:
 
 def log(msg):
     print(msg)
+
+
+def identify(seconds, pin=2):
+    """Blink the status LED for `seconds` without blocking the event loop."""
+    led = machine.Pin(pin, machine.Pin.OUT)
+
+    async def blink():
+        for _ in range(seconds * 4):
+            led.value(not led.value())
+            await asyncio.sleep_ms(250)
+        led.value(0)
+
+    asyncio.create_task(blink())
+
+
+def set_time(t):
+    """Set the RTC from a Unix time (the fleet's clock when NTP cannot be reached)."""
+    tm = time.gmtime(t - EPOCH_OFFSET)
+    machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+
+
+# --- buses for sensor drivers (node.bus opens them by the pins of the board's sensor specs) -----
+def open_i2c(c):
+    return machine.I2C(c.get("id", 0), sda=machine.Pin(c.get("sda", 21)), scl=machine.Pin(c.get("scl", 22)),
+                       freq=c.get("freq", 100000))
+
+
+def open_uart(c, baud):
+    return machine.UART(c.get("id", 2), baudrate=c.get("baud", baud), tx=c.get("tx", 17), rx=c.get("rx", 16),
+                        timeout=0)
+
+
+def open_i2s(c, rate):
+    return machine.I2S(c.get("id", 0), sck=machine.Pin(c.get("sck", 26)), ws=machine.Pin(c.get("ws", 25)),
+                       sd=machine.Pin(c.get("sd", 33)), mode=machine.I2S.RX, bits=32, format=machine.I2S.MONO,
+                       rate=rate, ibuf=c.get("ibuf", 20000))
+
+
+def watch_edges(pin_no, active_low, q):
+    """Record every edge of a GPIO in `q` (an Edges ring) from its interrupt, level 1 = active."""
+    pin = machine.Pin(pin_no, machine.Pin.IN, machine.Pin.PULL_UP if active_low else None)
+
+    def irq(p):
+        v = p.value()
+        q.push(time.ticks_ms(), (not v) if active_low else v)
+
+    pin.irq(irq, machine.Pin.IRQ_RISING | machine.Pin.IRQ_FALLING)
+    q.pin = pin

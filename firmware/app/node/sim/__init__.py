@@ -1,0 +1,180 @@
+# Simulated hardware behind the same bus interfaces as machine.I2C / UART / I2S / pin IRQs, so the
+# real drivers run against byte-level fakes. Values come from a model (a callable of time), noise
+# and events from a seed; every device can be made to disappear (OSError / silence) or to send a
+# bad CRC, to exercise the drivers' fault paths.
+from node import bus
+
+
+class Clock:
+    """A virtual millisecond clock: install() makes node.bus sleep by advancing it, instantly."""
+
+    def __init__(self, start_ms=0):
+        self.ms = start_ms
+
+    def ticks(self):
+        return self.ms
+
+    def sleep(self, ms):
+        self.ms += int(ms)
+
+    def install(self):
+        bus.ticks_ms = self.ticks
+        bus.sleep_ms = self.sleep
+        return self
+
+
+class Rand:
+    """A small LCG so runs are repeatable on every runtime (no dependence on `random`)."""
+
+    def __init__(self, seed):
+        self.x = (seed * 2654435761 + 1) & 0x7FFFFFFF
+
+    def next(self):
+        self.x = (self.x * 1103515245 + 12345) & 0x7FFFFFFF
+        return self.x
+
+    def uniform(self, lo, hi):
+        return lo + (hi - lo) * (self.next() % 100000) / 100000.0
+
+
+class Device:
+    """Fault switches shared by every simulated device."""
+
+    gone = False  # no answer: OSError on I2C, silence on UART
+    bad_crc = 0  # corrupt the CRC of the next N answers
+
+    def corrupt(self):
+        if self.bad_crc:
+            self.bad_crc -= 1
+            return True
+        return False
+
+
+class I2C:
+    """machine.I2C stand-in: devices by address; an absent or `gone` device NACKs (OSError 19)."""
+
+    def __init__(self):
+        self.devices = {}
+
+    def attach(self, addr, dev):
+        self.devices[addr] = dev
+        return dev
+
+    def _dev(self, addr):
+        d = self.devices.get(addr)
+        if d is None or d.gone:
+            raise OSError(19)  # ENODEV, what machine.I2C raises on a NACK
+        return d
+
+    def writeto(self, addr, buf, stop=True):
+        self._dev(addr).write(bytes(buf))
+        return len(buf)
+
+    def readfrom_into(self, addr, buf):
+        data = self._dev(addr).read(len(buf))
+        for i in range(len(buf)):
+            buf[i] = data[i]
+
+
+class UART:
+    """machine.UART stand-in (timeout=0): write() hands a frame to the device, read() its answer."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        self.rx = b""
+
+    def write(self, buf):
+        if not self.dev.gone:
+            self.rx += self.dev.frame(bytes(buf))
+        return len(buf)
+
+    def read(self, n=None):
+        if not self.rx:
+            return None
+        n = len(self.rx) if n is None else n
+        out, self.rx = self.rx[:n], self.rx[n:]
+        return out
+
+
+def default_model(spec):
+    """The physical quantities at time t (s): a day-shaped indoor climate, deterministic by seed."""
+    import math
+
+    cfg = spec.get("sim") or {}
+    seed = cfg.get("seed", 1) if isinstance(cfg, dict) else 1
+
+    def model(t):
+        day = 2 * math.pi * (t % 86400) / 86400
+        r = Rand(seed + int(t) // 10)
+        return {
+            "temperature": cfg.get("temperature", 21.0) + 2.0 * math.sin(day - 2.0) + r.uniform(-0.05, 0.05),
+            "humidity": cfg.get("humidity", 45.0) - 5.0 * math.sin(day - 2.0) + r.uniform(-0.3, 0.3),
+            "pressure": cfg.get("pressure", 101325.0) + r.uniform(-20, 20),
+            "co2": int(cfg.get("co2", 600) + 300 * max(0.0, math.sin(day - 2.5)) + r.uniform(-5, 5)),
+            "voltage": 230.0 + r.uniform(-2, 2),
+            "current": 2.0 + r.uniform(-0.1, 0.1),
+            "power": cfg.get("power", 450.0),
+        }
+
+    return model
+
+
+def _secs(clock):
+    return clock if clock is not None else (lambda: bus.ticks_ms() / 1000)
+
+
+def i2c_for(kind, spec, clock):
+    from node.sim import devices
+
+    bus_ = I2C()
+    model = default_model(spec)
+    t = _secs(clock)
+    if kind == "scd4x":
+        bus_.attach(0x62, devices.SCD4x(lambda: model(t())))
+    elif kind == "sht4x":
+        bus_.attach(0x44, devices.SHT4x(lambda: model(t())))
+    elif kind == "bme280":
+        bus_.attach(spec.get("address", 0x76), devices.BME280(lambda: model(t())))
+    else:
+        raise ValueError("no simulated I2C device %r" % kind)
+    return bus_
+
+
+def uart_for(kind, spec, clock):
+    from node.sim import devices
+
+    model = default_model(spec)
+    t = _secs(clock)
+    if kind == "mhz19":
+        return UART(devices.MHZ19(lambda: model(t())))
+    if kind == "sdm":
+        return UART(devices.SDM(lambda: model(t()), spec.get("slave", 1)))
+    raise ValueError("no simulated UART device %r" % kind)
+
+
+def i2s_for(spec, rate):
+    from node.sim import signals
+
+    cfg = spec.get("sim") or {}
+    return signals.Microphone(rate, cfg.get("spl", 45.0), cfg.get("freq", 1000.0),
+                              spec.get("sensitivity_dbfs", -26.0), cfg.get("seed", 1))
+
+
+_beams = {}
+
+
+def edges_for(kind, name, spec, clock):
+    from node.sim import signals
+
+    cfg = spec.get("sim") or {}
+    seed = cfg.get("seed", 1)
+    if kind == "s0":
+        return signals.Pulses(lambda t: cfg.get("power", 450.0), spec.get("ppk", 1000), seed)
+    if kind == "door":
+        return signals.Door(cfg.get("every_s", 120), seed)
+    if kind == "beam":
+        key = id(spec)
+        if key not in _beams:
+            _beams[key] = signals.People(cfg.get("every_s", 60), seed)
+        return _beams[key].a if name == "pin_a" else _beams[key].b
+    raise ValueError("no simulated edge source %r" % kind)

@@ -1,0 +1,229 @@
+"""The node ↔ fleet contract (docs/contract.md) as strict pydantic models, and the decoder of one message.
+
+The models mirror docs/schemas/*.json field for field; tests hold them to the same fixtures as the
+JSON Schemas, so the parser and the schemas accept and refuse the same payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+TOPIC_PREFIX = "maille/v1/"
+DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,31}$")
+UP_CHANNELS = ("telemetry", "state", "health")
+MAX_PAYLOAD = 4096
+EXCERPT = 256
+MAX_SEQ = 2**53 - 1
+
+
+class RejectReason(StrEnum):
+    bad_topic = "bad_topic"
+    oversized = "oversized"
+    bad_json = "bad_json"
+    invalid = "invalid"
+    unknown_device = "unknown_device"
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 1.0 as an integer; so do we (the schemas and this parser must agree)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+Count = Annotated[Int, Field(ge=0)]
+Mode = Literal["normal", "safe"]
+
+
+class _Payload(BaseModel):
+    """Strict JSON object: no extra keys, no coercion (a "1" is not a seq, a true is not a number),
+    and no null unless the schema's type lists it (optional fields are left out, not nulled)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _null_only_where_allowed(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None and info.field_name not in cls.NULLABLE:
+            raise ValueError("Input should not be null (leave the field out)")
+        return value
+
+
+class _Uplink(_Payload):
+    """A payload a device sent; `device_id` comes from the topic, never from the payload."""
+
+    _device_id: str = PrivateAttr(default="")
+
+    @property
+    def device_id(self) -> str:
+        return self._device_id
+
+    @classmethod
+    def received(cls, device_id: str, data: dict) -> Self:
+        msg = cls.model_validate(data)
+        msg._device_id = device_id
+        return msg
+
+
+class Record(_Payload):
+    n: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+    u: Annotated[str, Field(max_length=16)] | None = None
+    v: float
+    t: float | None = None
+
+
+class Telemetry(_Uplink):
+    seq: Annotated[Int, Field(ge=0, le=MAX_SEQ)]
+    bt: Annotated[float, Field(ge=0)]
+    e: Annotated[list[Record], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _times_in_range(self) -> Self:
+        # Beyond the schema: a time the database cannot hold is refused here rather than at insert.
+        for i, record in enumerate(self.e):
+            try:
+                self.time_of(record)
+            except (OverflowError, OSError, ValueError):
+                raise ValueError(f"e[{i}]: time bt+t is out of range") from None
+        return self
+
+    def time_of(self, record: Record) -> datetime:
+        return datetime.fromtimestamp(self.bt + (record.t or 0.0), UTC)
+
+
+class State(_Uplink):
+    state: Literal["online", "offline"]
+    fw: Annotated[str, Field(max_length=32)] | None = None
+    board: Annotated[str, Field(max_length=32)] | None = None
+    boot: Count | None = None
+    reset: Annotated[str, Field(max_length=24)] | None = None
+    ts: float | None = None
+    reason: Annotated[str, Field(max_length=64)] | None = None
+    mode: Mode | None = None
+    config: Count | None = None
+
+
+class Health(_Uplink):
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"heap_free", "heap_min", "rssi"})
+
+    uptime: Count
+    heap_free: Count | None  # required, null where the runtime has no bounded heap (CPython)
+    heap_min: Count | None = None
+    reset: Annotated[str, Field(max_length=24)] | None = None
+    rssi: Int | None = None
+    reconnects: Count | None = None
+    outbox: Count | None = None
+    faults: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] | None = None
+    outbox_flash: Count | None = None
+    outbox_dropped: Count | None = None
+    flash_writes: Count | None = None
+    loop_lag_ms: Count | None = None
+    mode: Mode | None = None
+    boot: Count | None = None
+
+
+class Stored(_Payload):
+    """The fleet's watermark for one device (fleet → node, retained), with the fleet's clock `t` so a
+    node without NTP can set its own."""
+
+    seq: Count
+    t: Int | None = None
+
+
+MODELS: dict[str, type[_Uplink]] = {"telemetry": Telemetry, "state": State, "health": Health}
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A message the fleet refuses, with the reason counted and a detail an operator can act on."""
+
+    reason: RejectReason
+    detail: str
+    topic: str
+    payload: bytes
+    device_id: str | None = None
+
+    @property
+    def excerpt(self) -> str:
+        """At most 256 characters of the payload, printable and safe for any database text column."""
+        text = self.payload[:EXCERPT].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
+        return text[:EXCERPT]
+
+
+Uplink = Telemetry | State | Health
+
+
+def topic_of(device_id: str, channel: str) -> str:
+    return f"{TOPIC_PREFIX}{device_id}/{channel}"
+
+
+def split_topic(topic: str) -> tuple[str, str] | None:
+    """(device_id, channel) of an up-topic this contract version knows, else None."""
+    if not topic.startswith(TOPIC_PREFIX):
+        return None
+    device_id, _, channel = topic[len(TOPIC_PREFIX) :].partition("/")
+    if not DEVICE_ID.match(device_id) or channel not in UP_CHANNELS:
+        return None
+    return device_id, channel
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]], root: str = "") -> str:
+    """'telemetry.e[0].v: Input should be a valid number' for each pydantic error, joined by '; '."""
+    parts = []
+    for err in errors:
+        path = root
+        for loc in err["loc"]:
+            path += f"[{loc}]" if isinstance(loc, int) else f".{loc}" if path else str(loc)
+        parts.append(f"{path}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)[:512]
+
+
+def parse(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> Telemetry | State | Health | Reject:
+    """Decode one MQTT message on an up-topic into its model, or say precisely why it is refused."""
+    where = split_topic(topic)
+    if where is None:
+        return Reject(
+            RejectReason.bad_topic,
+            f"not a maille/v1/<device_id>/<{'|'.join(UP_CHANNELS)}> topic",
+            topic,
+            payload,
+        )
+    device_id, channel = where
+
+    def reject(reason: RejectReason, detail: str) -> Reject:
+        return Reject(reason, detail, topic, payload, device_id)
+
+    if len(payload) > max_payload:
+        return reject(RejectReason.oversized, f"{len(payload)} bytes, limit {max_payload}")
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        return reject(RejectReason.bad_json, f"{type(e).__name__}: {e}"[:512])
+    if not isinstance(data, dict):
+        return reject(RejectReason.bad_json, f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return MODELS[channel].received(device_id, data)
+    except ValidationError as e:
+        return reject(RejectReason.invalid, describe_errors(e.errors(), channel))

@@ -1,0 +1,118 @@
+"""Fleet settings: defaults, then a TOML file, then `MAILLE_*` environment variables (highest wins)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SETTINGS_SOURCES = (
+    "Settings come from, lowest to highest priority: built-in defaults; the TOML file named by "
+    "MAILLE_SETTINGS_FILE (default $XDG_CONFIG_HOME/maille/settings.toml or "
+    "~/.config/maille/settings.toml, when present); MAILLE_* environment variables "
+    "(e.g. MAILLE_DATABASE_URL, MAILLE_MQTT_URL, MAILLE_API_PORT)."
+)
+
+
+def _xdg_dir(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback) / "maille"
+
+
+def data_dir() -> Path:
+    """Per-user data directory: $XDG_DATA_HOME/maille or ~/.local/share/maille."""
+    return _xdg_dir("XDG_DATA_HOME", ".local/share")
+
+
+def settings_file() -> Path:
+    """The TOML settings file in effect (it may not exist)."""
+    named = os.environ.get("MAILLE_SETTINGS_FILE")
+    return Path(named) if named else _xdg_dir("XDG_CONFIG_HOME", ".config") / "settings.toml"
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{data_dir() / 'maille.db'}"
+
+
+@dataclass(frozen=True)
+class MqttTarget:
+    """An mqtt:// or mqtts:// URL taken apart for the MQTT client."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_mqtt_url(url: str) -> MqttTarget:
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ValueError(f"MQTT URL must start with mqtt:// or mqtts://, got {parts.scheme or 'no'} scheme")
+    if not parts.hostname:
+        raise ValueError("MQTT URL has no host")
+    tls = parts.scheme == "mqtts"
+    return MqttTarget(
+        host=parts.hostname,
+        port=parts.port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, safe to log or print."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAILLE_", extra="ignore")
+
+    database_url: str = Field(default_factory=_default_database_url)
+    mqtt_url: str = "mqtt://fleet@127.0.0.1:1883"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    max_payload: int = 4096
+    ingest_batch_size: int = 500
+    ingest_batch_interval: float = 0.05
+    # The broker keeps this client's persistent session: one id per fleet service sharing a broker.
+    ingest_client_id: str = "maille-ingest"
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _valid_mqtt_url(cls, value: str) -> str:
+        parse_mqtt_url(value)
+        return value
+
+    @property
+    def mqtt_url_masked(self) -> str:
+        return mask_url(self.mqtt_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file is looked up at construction time so MAILLE_SETTINGS_FILE can change between calls.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=settings_file())
+
+
+def get_settings() -> Settings:
+    return Settings()

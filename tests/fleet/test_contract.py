@@ -1,0 +1,248 @@
+"""The fleet's decoder against the shared fixtures and the JSON Schemas: both must agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.contract import (
+    Health,
+    Reject,
+    RejectReason,
+    State,
+    Stored,
+    Telemetry,
+    describe_errors,
+    parse,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+SCHEMAS = {
+    p.name.split(".")[0]: jsonschema.Draft202012Validator(json.loads(p.read_text()))
+    for p in (ROOT / "docs" / "schemas").glob("*.json")
+}
+UP = {"telemetry": Telemetry, "state": State, "health": Health}
+# Channels the fleet decodes (up) or encodes (stored); other fixtures belong to later contract pages.
+KNOWN = {*UP, "stored"}
+
+
+def channel_of(path: Path) -> str:
+    return path.name.split("-")[0]
+
+
+def fixtures(folder: str) -> list[Path]:
+    return [p for p in sorted((FIXTURES / folder).glob("*.json")) if channel_of(p) in KNOWN]
+
+
+VALID = fixtures("contract")
+INVALID = fixtures("contract-invalid")
+
+
+def schema_accepts(channel: str, data) -> bool:
+    return SCHEMAS[channel].is_valid(data)
+
+
+def test_every_channel_has_fixtures_both_ways():
+    assert {channel_of(p) for p in VALID} == KNOWN <= set(SCHEMAS)
+    assert {channel_of(p) for p in INVALID} >= set(UP)
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)
+def test_valid_fixture_decodes_to_its_values_and_matches_schema(path):
+    raw = path.read_bytes()
+    data = json.loads(raw)
+    channel = channel_of(path)
+    assert schema_accepts(channel, data)
+    if channel == "stored":
+        assert Stored.model_validate(data).model_dump(exclude_unset=True) == data
+        return
+    msg = parse(f"maille/v1/bliiida-2-14-a/{channel}", raw)
+    assert isinstance(msg, UP[channel])
+    assert msg.device_id == "bliiida-2-14-a"
+    assert msg.model_dump(exclude_unset=True) == data
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_fixture_is_refused_by_parser_and_schema(path):
+    raw = path.read_bytes()
+    channel = channel_of(path)
+    assert not schema_accepts(channel, json.loads(raw))
+    msg = parse(f"maille/v1/bliiida-2-14-a/{channel}", raw)
+    assert isinstance(msg, Reject)
+    assert msg.reason == RejectReason.invalid
+    assert msg.detail.startswith(f"{channel}.")
+
+
+def test_telemetry_values_and_times():
+    msg = parse(
+        "maille/v1/dev-1/telemetry",
+        b'{"seq": 7, "bt": 1700000000, "e": [{"n": "co2", "u": "ppm", "v": 612, "t": 1.5}]}',
+    )
+    assert isinstance(msg, Telemetry)
+    assert (msg.seq, msg.e[0].n, msg.e[0].u, msg.e[0].v) == (7, "co2", "ppm", 612.0)
+    assert msg.time_of(msg.e[0]).isoformat() == "2023-11-14T22:13:21.500000+00:00"
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason", "detail"),
+    [
+        (
+            "maille/v1/dev-1/telemetry",
+            b'{"seq": 1, "bt": 1, "e": [{"n": "t", "v": "hot"}]}',
+            RejectReason.invalid,
+            "telemetry.e[0].v: Input should be a valid number",
+        ),
+        (
+            "maille/v1/dev-1/telemetry",
+            b'{"seq": 1, "bt": 1, "e": [{"n": "t", "v": true}]}',
+            RejectReason.invalid,
+            "telemetry.e[0].v: Input should be a valid number",
+        ),
+        (
+            "maille/v1/dev-1/telemetry",
+            b'{"seq": 1.5, "bt": 1, "e": [{"n": "t", "v": 1}]}',
+            RejectReason.invalid,
+            "telemetry.seq: Input should be a valid integer",
+        ),
+        (
+            "maille/v1/dev-1/state",
+            b'{"state": "online", "colour": "red"}',
+            RejectReason.invalid,
+            "state.colour: Extra inputs are not permitted",
+        ),
+        (
+            "maille/v1/dev-1/health",
+            b'{"uptime": 1, "heap_free": 2, "faults": ["x"' + b', "y"' * 40 + b"]}",
+            RejectReason.invalid,
+            "health.faults: List should have at most 32 items",
+        ),
+        (
+            "maille/v1/dev-1/telemetry",
+            b'{"seq": 1, "bt": 1e300, "e": [{"n": "t", "v": 1}]}',
+            RejectReason.invalid,
+            "telemetry: e[0]: time bt+t is out of range",
+        ),
+        (
+            "maille/v1/dev-1/telemetry",
+            b'{"seq": 1, "bt": NaN, "e": [{"n": "t", "v": 1}]}',
+            RejectReason.bad_json,
+            "NaN is not JSON",
+        ),
+        ("maille/v1/dev-1/telemetry", b"\xff\xfe", RejectReason.bad_json, "UnicodeDecodeError"),
+        ("maille/v1/dev-1/telemetry", b"[1, 2]", RejectReason.bad_json, "expected a JSON object, got list"),
+        (
+            "maille/v1/dev-1/telemetry",
+            b"{" + b" " * 5000 + b"}",
+            RejectReason.oversized,
+            "5002 bytes, limit 4096",
+        ),
+        ("maille/v1/dev-1/stored", b'{"seq": 1}', RejectReason.bad_topic, "not a maille/v1/"),
+        ("maille/v1/Dev_1/telemetry", b"{}", RejectReason.bad_topic, "not a maille/v1/"),
+        ("maille/v2/dev-1/telemetry", b"{}", RejectReason.bad_topic, "not a maille/v1/"),
+        ("maille/v1/dev-1/telemetry/x", b"{}", RejectReason.bad_topic, "not a maille/v1/"),
+    ],
+)
+def test_rejects_say_why(topic, payload, reason, detail):
+    msg = parse(topic, payload)
+    assert isinstance(msg, Reject)
+    assert msg.reason == reason
+    assert detail in msg.detail
+    assert len(msg.excerpt) <= 256
+
+
+def test_reject_excerpt_is_safe_text():
+    msg = parse("maille/v1/dev-1/telemetry", b"\x00\xff" + b"a" * 1000)
+    assert isinstance(msg, Reject)
+    assert "\x00" not in msg.excerpt and len(msg.excerpt) == 256
+
+
+def test_oversized_limit_is_a_parameter():
+    assert (
+        parse("maille/v1/dev-1/state", b'{"state": "offline"}', max_payload=10).reason
+        == RejectReason.oversized
+    )
+
+
+def test_describe_errors_paths():
+    errors = [{"loc": ("query", "since"), "msg": "Input should be a valid datetime"}]
+    assert describe_errors(errors) == "query.since: Input should be a valid datetime"
+
+
+def test_integral_floats_are_integers_as_in_json_schema():
+    data = {"seq": 3.0, "bt": 1, "e": [{"n": "t", "v": 1}]}
+    assert schema_accepts("telemetry", data)
+    msg = parse("maille/v1/dev-1/telemetry", json.dumps(data).encode())
+    assert isinstance(msg, Telemetry) and msg.seq == 3 and isinstance(msg.seq, int)
+
+
+def assert_agree(channel: str, payload) -> None:
+    msg = parse(f"maille/v1/dev-1/{channel}", json.dumps(payload).encode(), max_payload=1 << 20)
+    if isinstance(msg, Reject) and "out of range" in msg.detail:
+        return  # beyond the schema on purpose: a time no datetime can hold is refused
+    assert isinstance(msg, UP[channel]) == schema_accepts(channel, payload), getattr(msg, "detail", msg)
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**60), 2**60)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+numbers = st.integers(-(2**31), 2**31) | st.floats(-1e10, 1e10)
+
+
+def mostly(good, bad=json_values):
+    """Nine in ten well-formed, so accepted payloads are common enough to compare both ways."""
+    return st.integers(0, 9).flatmap(lambda i: good if i else bad)
+
+
+names = st.from_regex(r"[a-z0-9_]{1,32}", fullmatch=True)
+record = st.fixed_dictionaries(
+    {"n": mostly(names, st.sampled_from(["a" * 33, "T", "a b", ""])), "v": mostly(numbers)},
+    optional={"u": mostly(st.text("Cel%RH", max_size=16), st.just("x" * 17)), "t": mostly(numbers)},
+)
+records = mostly(record, st.builds(lambda r, v: {**r, "zz": v}, record, json_values))
+telemetry_like = st.fixed_dictionaries(
+    {
+        "seq": mostly(st.integers(0, 2**53 - 1), st.sampled_from([2**53, -1, 1.0, 1.5, "1", True])),
+        "bt": mostly(st.integers(0, 2**31) | st.floats(0, 2e9), numbers | json_values),
+        "e": mostly(
+            st.lists(records, min_size=1, max_size=3),
+            st.sampled_from([[], [{"n": "t", "v": 1}] * 64, [{"n": "t", "v": 1}] * 65]) | json_values,
+        ),
+    },
+)
+telemetry_like = mostly(
+    telemetry_like, st.builds(lambda d, v: {**d, "extra": v}, telemetry_like, json_values)
+)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(telemetry_like)
+def test_parser_and_schema_agree_on_telemetry_like_payloads(data):
+    assert_agree("telemetry", data)
+
+
+edge_values = st.sampled_from([None, True, False, 0, -1, 1.0, 1.5, "", "x" * 65, [], {}, [""], 2**53])
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.sampled_from([p for p in VALID if channel_of(p) in UP]), st.data())
+def test_parser_and_schema_agree_on_mutated_fixtures(path, data):
+    channel = channel_of(path)
+    payload = json.loads(path.read_bytes())
+    key = data.draw(st.sampled_from([*sorted(SCHEMAS[channel].schema["properties"]), "other"]))
+    if data.draw(st.booleans()):
+        payload.pop(key, None)
+    else:
+        payload[key] = data.draw(edge_values | json_values)
+    assert_agree(channel, payload)
