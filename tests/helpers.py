@@ -59,6 +59,9 @@ class Observer:
             if match(msg[0], msg[1]):
                 return msg
 
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
     def drain(self) -> list[tuple[str, bytes, bool]]:
         while True:
             try:
