@@ -117,10 +117,14 @@ def _atomic_write(path: Path, text: str) -> None:
 class LocalBroker:
     """A private Mosquitto on a free loopback port, with auth, ACL and persistence under `root`."""
 
-    def __init__(self, root: Path, port: int | None = None, host: str = "127.0.0.1"):
+    def __init__(self, root: Path, port: int | None = None, host: str = "127.0.0.1", tls: bool = False):
         self.root = Path(root)
         self.host = host
         self.port = port or free_port()
+        # With tls, a second listener speaks MQTT over TLS with a certificate from a private CA
+        # (fleet.tls) valid for `localhost`; nodes verify it with tls_files["ca_der"].
+        self.tls_port = free_port() if tls else None
+        self.tls_files: dict[str, Path] = {}
         self.users = BrokerUsers(self.root)
         self.fleet_password = new_password()
         self.users.set_user(FLEET_USER, self.fleet_password, admin=True)
@@ -138,6 +142,19 @@ class LocalBroker:
     def fleet_url(self) -> str:
         return f"mqtt://{FLEET_USER}:{self.fleet_password}@{self.host}:{self.port}"
 
+    def _tls_listener(self) -> str:
+        if not self.tls_port:
+            return ""
+        if not self.tls_files:
+            from fleet.tls import make_ca_and_server
+
+            self.tls_files = make_ca_and_server(self.root / "tls", ("localhost", self.host))
+        f = self.tls_files
+        return (
+            f"listener {self.tls_port} {self.host}\n"
+            f"cafile {f['ca']}\ncertfile {f['cert']}\nkeyfile {f['key']}\ntls_version tlsv1.2\n"
+        )
+
     def write_config(self) -> None:
         (self.root / "data").mkdir(parents=True, exist_ok=True)
         self.users.write()
@@ -153,6 +170,8 @@ class LocalBroker:
             + f"log_dest file {self.log_file}\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             "connection_messages true\n"
+            # per_listener_settings is off: both listeners share the users and the ACL above
+             + self._tls_listener()
         )
 
     def start(self, timeout: float = 10.0) -> LocalBroker:

@@ -212,3 +212,20 @@ def test_partition_loses_nothing(fleet_service, broker, boards, tmp_path, partit
         assert_exactly_once_in_sequence(fleet.engine, d, max_contiguous(fleet.engine, d))
     finally:
         proxy.stop()
+
+
+def test_network_link_cut_on_the_board_loses_nothing(fleet_service, broker, boards, tmp_path):
+    fleet = fleet_service()
+    d, creds = add_device(broker, fleet.engine)
+    vb = boards(tmp_path / d, cfg_via(broker, d, sample_interval_s=0.2), creds).start()
+    vb.wait_for(r"sent seq=3\b", 30)
+    mark = len(vb.console())
+    (vb.root / "link-down").touch()  # the Wi-Fi goes away
+    vb.wait_for(r"net: link down", 15, after=mark)
+    time.sleep(3)
+    assert (vb.root / "data" / "outbox").glob("*.log"), "readings taken offline went to flash"
+    (vb.root / "link-down").unlink()
+    target = last_sent(vb) + 10
+    wait_until(lambda: max_contiguous(fleet.engine, d) >= target, 60, what="readings after the link came back")
+    vb.power_cut()
+    assert_exactly_once_in_sequence(fleet.engine, d, max_contiguous(fleet.engine, d))

@@ -124,9 +124,9 @@ def test_crash_loop_ends_in_safe_mode_and_a_fix_brings_it_back(boards, broker, d
         _, birth, _ = obs.wait(
             lambda t, p: t.endswith("/state") and json_of(p).get("mode") == "safe", timeout=30
         )
-        assert json_of(birth)["boot"] == 4  # three failed boots, then safe mode
+        assert json_of(birth)["boot"] == 4  # three crashes, then safe mode
         assert vb.console().count("RuntimeError: broken sensor package") == 3
-        vb.wait_for(r"SAFE MODE after 3 failed boots")
+        vb.wait_for(r"SAFE MODE after 3 crashes")
         _, health, _ = obs.wait(lambda t, p: t.endswith("/health"), timeout=10)
         assert json_of(health)["mode"] == "safe"
         assert not [m for m in obs.drain() if m[0].endswith("/telemetry")]
@@ -141,3 +141,18 @@ def test_crash_loop_ends_in_safe_mode_and_a_fix_brings_it_back(boards, broker, d
     finally:
         obs.publish(f"maille/v1/{device}/config", b"", retain=True)
         obs.close()
+
+
+def test_power_cuts_while_offline_are_not_crashes(boards, tmp_path):
+    """A building losing power and network together must not switch its nodes' sensors off."""
+    cfg = {
+        "device_id": "dev-powercut",
+        "mqtt": {"host": "127.0.0.1", "port": 1, "keepalive": 5},
+        "sample_interval_s": 0.1,
+    }
+    vb = boards(tmp_path / "vb", cfg, {"user": "x", "password": "y"}).start()
+    for boot in range(2, 7):
+        vb.wait_for(r"cannot reach broker", 10, after=len(vb.console()))
+        vb.reboot("power_on")
+        vb.wait_for(rf"node dev-powercut fw \S+ boot {boot} ", 10)
+    assert "SAFE MODE" not in vb.console()

@@ -6,14 +6,16 @@ import random
 import asyncio
 
 from node import VERSION, codec, config, remote, store
-from node.mqtt import ConnectRefused, MQTTClient, MQTTError
+from node.mqtt import ConnectRefused, MQTTClient, MQTTError, tls_context
 from node.outbox import Outbox
 from node.port import port
+from node.watchdog import Liveness, feed_loop
 
 BACKOFF_MIN_MS = 1000
 BACKOFF_MAX_MS = 60000
 HEALTHY_AFTER_MS = 20000  # online this long with data stored by the fleet: the boot counts as good
 UNTIMED_MAX = 360  # readings held while the clock is unknown
+POLL_MS = 100  # streaming sensors (noise, edges) are drained this often
 
 
 class Node:
@@ -28,6 +30,7 @@ class Node:
         self.outbox = Outbox("data/outbox", ram_capacity=cfg.get("outbox_ram", 100),
                              flash_capacity=cfg.get("outbox_flash", 20000), clock=port.ticks_ms, diff=port.ticks_diff)
         self.sensors = []
+        self.sampler = None  # node.sampler.Sampler, built with the sensors
         self.faults = []
         self.untimed = []  # [seq, records, ticks] taken before the clock was known
         self.untimed_dropped = 0
@@ -42,6 +45,7 @@ class Node:
         self.online_since = None
         self.pending_reset = False
         self.config_version = cfg.get("config_version", 0)
+        self.live = Liveness()
 
     def topic(self, channel):
         return codec.topic(self.id, channel)
@@ -53,23 +57,20 @@ class Node:
     # --- sampling ---------------------------------------------------------------------------
     def build_sensors(self):
         # Imported here so that safe mode never loads sensor code, the likeliest cause of a crash.
-        from node import sensors
+        from node import sampler, sensors
 
-        self.sensors = sensors.build(self.cfg["sensors"], port.epoch)
-        for s in self.sensors:
-            s.setup()
+        if "building" in self.cfg:  # a virtual board in a simulated building, on its accelerated clock
+            from node.sim import building
+
+            building.install(self.cfg["building"])
+        self.sampler = sampler.build(self.cfg, sensors, port.epoch, port.ticks_ms, port.ticks_diff)
+        self.sensors = [e.s for e in self.sampler.entries]
+        self.faults = self.sampler.faults
 
     def sample(self):
-        records = []
-        faults = []
-        cal = self.cfg.get("calibration") or {}
-        for s in self.sensors:
-            try:
-                for n, u, v in s.read():
-                    records.append((n, u, v + cal[n] if n in cal else v))
-            except Exception as e:
-                faults.append("%s: %s" % (s.__class__.__name__, e))
-        self.faults = faults
+        """One sampling tick: read the sensors that are due; queue a report when the window ends."""
+        records = self.sampler.tick()
+        self.faults = self.sampler.faults
         if not records:
             return
         seq = self.seq.take()
@@ -96,17 +97,26 @@ class Node:
         self.wake.set()
 
     async def sample_loop(self):
+        asyncio.create_task(self.poll_loop())
         while True:
-            t0 = port.ticks_ms()
             self.sample()
             self.outbox.maintain()
             self.check_healthy()
-            interval = int(self.cfg["sample_interval_s"] * 1000)
-            await port.sleep_ms(max(0, interval - port.ticks_diff(port.ticks_ms(), t0)))
+            await port.sleep_ms(self.sampler.wait_ms())
+
+    async def poll_loop(self):
+        # Streaming sensors are drained every POLL_MS so the microphone's DMA buffer and the edge
+        # rings never overflow between two reads.
+        while True:
+            t0 = port.ticks_ms()
+            if self.sampler is not None:
+                self.sampler.poll()
+            await port.sleep_ms(max(10, POLL_MS - port.ticks_diff(port.ticks_ms(), t0)))
 
     async def health_loop(self):
         while True:
             period = int(self.cfg["health_interval_s"] * 1000)
+            self.live.beat("health", 2 * period + 10000)
             t0 = port.ticks_ms()
             await port.sleep_ms(period)
             lag = port.ticks_diff(port.ticks_ms(), t0) - period
@@ -147,6 +157,8 @@ class Node:
             self.on_config(payload)
         elif topic == self.topic("cmd"):
             self.on_command(payload)
+        elif topic == self.topic("ota"):
+            self.ota.on_offer(payload)
 
     def on_stored(self, payload):
         seq = codec.stored_seq(payload)
@@ -259,24 +271,29 @@ class Node:
     # --- link -------------------------------------------------------------------------------
     def new_client(self):
         m = self.cfg["mqtt"]
+        ctx = None
+        if m.get("tls"):
+            with open(m.get("ca", "ca.der"), "rb") as f:
+                ctx = tls_context(f.read())
         return MQTTClient(
             self.id, m["host"], m["port"], user=m.get("user"), password=m.get("password"),
-            keepalive=m["keepalive"], clean=False, on_message=self.on_message,
+            keepalive=m["keepalive"], clean=False, on_message=self.on_message, ssl=ctx,
             will=(self.topic("state"), codec.state_offline(), 1, True),
         )
 
     async def link_loop(self):
         backoff = BACKOFF_MIN_MS
         while True:
+            self.live.beat("link", BACKOFF_MAX_MS + 60000)
             if not port.connect_network(self.cfg):
-                self.log("warning", "net: link down")
+                self.log("warning", "net: link %s" % port.link_status())
             else:
                 client = self.new_client()
                 try:
                     await client.connect()
-                except ConnectRefused as e:
+                except (ConnectRefused, MQTTError) as e:
                     self.log("error", "mqtt: " + str(e))
-                except (OSError, MQTTError, asyncio.TimeoutError) as e:
+                except Exception as e:  # whatever the network throws, the node keeps trying
                     self.log("warning", "mqtt: cannot reach broker %s:%d (%r)" % (client.host, client.port_no, e))
                 else:
                     backoff = BACKOFF_MIN_MS
@@ -295,7 +312,7 @@ class Node:
     async def online(self, client):
         self.log("info", "mqtt: connected to %s:%d as %s" % (client.host, client.port_no, self.id))
         try:
-            for channel in ("stored", "config", "cmd"):
+            for channel in ("stored", "config", "cmd", "ota"):
                 await client.subscribe(self.topic(channel))
             birth = codec.state_online(VERSION, self.cfg["board"], self.boot, self.reset_cause, port.epoch(),
                                        "safe" if self.safe else "normal", self.config_version)
@@ -303,8 +320,8 @@ class Node:
             self.online_since = port.ticks_ms()
             self.outbox.rewind()
             await self.publish_loop(client)
-        except (OSError, MQTTError, asyncio.TimeoutError) as e:
-            self.log("warning", "mqtt: publish failed (%s)" % e)
+        except Exception as e:  # a broken link must never take the node down
+            self.log("warning", "mqtt: publish failed (%r)" % (e,))
         if self.pending_reset and client.connected:
             await client.publish(self.topic("state"), codec.state_offline("reboot"), qos=1, retain=True)
         await client.disconnect()
@@ -313,6 +330,9 @@ class Node:
     async def publish_loop(self, client):
         """The one task that publishes: control messages first, then telemetry in order."""
         while client.connected:
+            self.live.beat("link", 60000)
+            if not port.link_up():
+                raise OSError("network link %s" % port.link_status())
             if self.control:
                 channel, payload = self.control[0]
                 await client.publish(self.topic(channel), payload, qos=1)
@@ -337,7 +357,11 @@ class Node:
         mode = " SAFE MODE (sensors off)" if self.safe else ""
         self.log("info", "node %s fw %s boot %d (%s) on %s%s" % (
             self.id, VERSION, self.boot, self.reset_cause, port.NAME, mode))
-        tasks = [self.health_loop(), self.link_loop()]
+        from node import ota
+
+        self.ota = ota.Updater(self)
+        tasks = [self.health_loop(), self.link_loop(), self.ota.run(),
+                 feed_loop(self.live, self.cfg.get("watchdog_ms", 60000), self.log)]
         if not self.safe:
             self.build_sensors()
             tasks.append(self.sample_loop())

@@ -41,6 +41,29 @@ class ConnectRefused(MQTTError):
         self.code = code
 
 
+def tls_context(ca_der):
+    """A client TLS context that verifies the broker against our CA (DER bytes: MicroPython's
+    mbedTLS binding refuses PEM). The broker's name is checked against the host we dial."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca_der)
+    return ctx
+
+
+def _connect_error(e, tls):
+    """The error to report for a failed connect, named so nobody mistakes one for another."""
+    text = str(e).strip()
+    # The TLS layers differ: CPython raises SSLCertVerificationError, MicroPython's mbedTLS a
+    # ValueError on the first write ("The certificate is not correctly signed by the trusted CA").
+    if tls and "certificate" in text.lower():
+        return MQTTError("TLS: the broker's certificate was refused (%s)" % text.replace("\n", " "))
+    if isinstance(e, EOFError):  # on MicroPython EOFError is no OSError: name it for the caller
+        return MQTTError("connection closed before CONNACK")
+    return e
+
+
 def _varint(n):
     out = bytearray()
     while True:
@@ -100,13 +123,13 @@ class MQTTClient:
             coro = asyncio.open_connection(self.host, self.port_no, ssl=self.ssl)
         else:
             coro = asyncio.open_connection(self.host, self.port_no)
-        self._reader, self._writer = await asyncio.wait_for(coro, timeout)
         try:
+            self._reader, self._writer = await asyncio.wait_for(coro, timeout)
             await self._write(self._connect_packet())
             kind, body = await asyncio.wait_for(self._read_packet(), timeout)
-        except BaseException:
+        except Exception as e:
             await self._close()
-            raise
+            raise _connect_error(e, self.ssl is not None)
         if kind & 0xF0 != CONNACK or len(body) != 2:
             await self._close()
             raise MQTTError("expected CONNACK, got packet type 0x%02x" % kind)

@@ -24,10 +24,17 @@ _RESET_CAUSES = {
 }
 _wlan = None
 _lan = None
+_WIFI_STATUS = {
+    network.STAT_IDLE: "idle",
+    network.STAT_CONNECTING: "connecting",
+    network.STAT_WRONG_PASSWORD: "wrong_password",
+    network.STAT_NO_AP_FOUND: "no_ap",
+    network.STAT_GOT_IP: "up",
+}
 
 
 def epoch():
-    return time.time() + EPOCH_OFFSET
+    return int(time.time()) + EPOCH_OFFSET
 
 
 def time_synced():
@@ -65,10 +72,20 @@ def unique_id():
     return binascii.hexlify(machine.unique_id()).decode()
 
 
-def link_up():
+def link_status():
+    """Honest state of the link: up, connecting, wrong_password, no_ap, failed, idle or down."""
     if _lan is not None:
-        return _lan.isconnected()
-    return _wlan is not None and _wlan.isconnected()
+        return "up" if _lan.isconnected() else "down"
+    if _wlan is None:
+        return "down"
+    st = _wlan.status()
+    if _wlan.isconnected():
+        return "up"
+    return _WIFI_STATUS.get(st, "failed")
+
+
+def link_up():
+    return link_status() == "up"
 
 
 def rssi():
@@ -78,7 +95,11 @@ def rssi():
 
 
 def connect_network(cfg):
-    """Start Wi-Fi station or Ethernet (cfg['network']); returns whether the link is up now."""
+    """Start Wi-Fi station or Ethernet (cfg['network']) and (re)connect when needed.
+
+    Returns whether the link is up now; the caller retries with its backoff. A station that failed
+    (wrong password, no access point) is asked to connect again on the next call.
+    """
     global _wlan, _lan
     net = cfg.get("network") or {}
     if net.get("type") == "ethernet":
@@ -95,9 +116,10 @@ def connect_network(cfg):
     if _wlan is None:
         _wlan = network.WLAN(network.STA_IF)
         _wlan.active(True)
-    if not _wlan.isconnected() and net.get("ssid"):
+    status = link_status()
+    if status != "up" and status != "connecting" and net.get("ssid"):
         _wlan.connect(net["ssid"], net.get("password", ""))
-    return _wlan.isconnected()
+    return status == "up"
 
 
 class Watchdog:
@@ -158,3 +180,56 @@ def watch_edges(pin_no, active_low, q):
 
     pin.irq(irq, machine.Pin.IRQ_RISING | machine.Pin.IRQ_FALLING)
     q.pin = pin
+
+
+# --- over-the-air updates (node/ota.py) ---------------------------------------------------------
+def _arch():
+    import sys
+
+    # sys.implementation._mpy: bits 10.. are the native architecture (MP_NATIVE_ARCH_*)
+    a = getattr(sys.implementation, "_mpy", 0) >> 10
+    return {10: "xtensawin", 11: "rv32imc"}.get(a, "xtensawin")
+
+
+ARCH = _arch()
+
+
+def checkpoint(step):
+    """Test hook of virtual boards; nothing on the chip."""
+
+
+# Firmware-image updates (the MicroPython binary itself, not the app slots) through esp32.Partition.
+# They need an OTA-capable partition table (two app partitions, ota_0/ota_1, and otadata: e.g.
+# MicroPython's partitions-4MiBplus.csv / the *-OTA board variants); the default 4 MiB table has one
+# app partition and fw_next_partition() raises OSError there. Sequence:
+#   part = fw_next_partition()                      # the app partition not running
+#   fw_write_block(part, n, buf) for each 4096-byte block n (erased and written by the driver)
+#   fw_set_boot(part); reset()                      # the bootloader tries it once
+#   fw_mark_valid()                                 # from the new image, once it is healthy;
+#                                                   # otherwise the bootloader rolls back by itself
+FW_BLOCK = 4096
+
+
+def fw_next_partition():
+    from esp32 import Partition
+
+    try:
+        return Partition(Partition.RUNNING).get_next_update()
+    except OSError:
+        raise OSError("no OTA update partition: flash an OTA-capable partition table first")
+
+
+def fw_write_block(part, block, data):
+    if len(data) < FW_BLOCK:
+        data = bytes(data) + b"\xff" * (FW_BLOCK - len(data))
+    part.writeblocks(block, data)
+
+
+def fw_set_boot(part):
+    part.set_boot()
+
+
+def fw_mark_valid():
+    from esp32 import Partition
+
+    Partition.mark_app_valid_cancel_rollback()

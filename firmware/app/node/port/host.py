@@ -39,8 +39,19 @@ def _clock_unset():
         return False
 
 
+_sim_clock = None  # a simulated building's accelerated clock, () -> Unix seconds; see set_clock
+
+
+def set_clock(fn):
+    """Run the node's clock from fn (virtual boards in an accelerated simulated building)."""
+    global _sim_clock
+    _sim_clock = fn
+
+
 def epoch():
     """Unix seconds (int)."""
+    if _sim_clock is not None:
+        return _sim_clock()
     if _clock_unset():
         return 946684800 + int(time.time() - _boot_time)
     return int(time.time())
@@ -89,6 +100,10 @@ def link_up():
         return True
 
 
+def link_status():
+    return "up" if link_up() else "down"
+
+
 def rssi():
     return None
 
@@ -135,3 +150,43 @@ def open_i2s(c, rate):
 
 def watch_edges(pin_no, active_low, q):
     _no_bus("GPIO")
+
+
+# --- over-the-air updates (node/ota.py) ---------------------------------------------------------
+ARCH = "host" if MICROPYTHON else "py"  # release bundles this runtime runs: .mpy for the unix port
+
+
+def checkpoint(step):
+    """Test hook: a `halt-at` file naming this OTA step freezes the board here (the test then cuts
+    its power, so every step of an update can be interrupted at an exact point)."""
+    try:
+        with open("halt-at") as f:
+            want = f.read().strip()
+    except OSError:
+        return
+    if want != step:
+        return
+    os.remove("halt-at")
+    print("halt: " + step)
+    while True:
+        time.sleep(1)
+
+
+_NO_IMAGE = "firmware image updates need esp32.Partition (an ESP32 with an OTA partition table); " \
+            "the host port updates the application slots only"
+
+
+def fw_next_partition():
+    raise OSError(_NO_IMAGE)
+
+
+def fw_write_block(part, block, data):
+    raise OSError(_NO_IMAGE)
+
+
+def fw_set_boot(part):
+    raise OSError(_NO_IMAGE)
+
+
+def fw_mark_valid():
+    raise OSError(_NO_IMAGE)

@@ -42,6 +42,24 @@ class Device:
 
     gone = False  # no answer: OSError on I2C, silence on UART
     bad_crc = 0  # corrupt the CRC of the next N answers
+    switch = None  # a file in the board folder that, while present, says "gone" or "crc"
+    switched = ""
+
+    def check(self):
+        # Lets a test break a running virtual board's sensor from outside the process.
+        if self.switch is None:
+            return
+        try:
+            with open(self.switch) as f:
+                what = f.read().strip()
+        except OSError:
+            what = ""
+        if what != self.switched:  # only changes of the file act: tests may set gone themselves
+            self.switched = what
+            self.gone = what == "gone"
+            self.bad_crc = 0
+        if what == "crc":
+            self.bad_crc = 1
 
     def corrupt(self):
         if self.bad_crc:
@@ -62,6 +80,8 @@ class I2C:
 
     def _dev(self, addr):
         d = self.devices.get(addr)
+        if d is not None:
+            d.check()
         if d is None or d.gone:
             raise OSError(19)  # ENODEV, what machine.I2C raises on a NACK
         return d
@@ -84,6 +104,7 @@ class UART:
         self.rx = b""
 
     def write(self, buf):
+        self.dev.check()
         if not self.dev.gone:
             self.rx += self.dev.frame(bytes(buf))
         return len(buf)
@@ -96,9 +117,21 @@ class UART:
         return out
 
 
+def _building():
+    # A board in a simulated building (node.sim.building) feeds every simulated device from it.
+    import sys
+
+    m = sys.modules.get("node.sim.building")
+    return m.current() if m else None
+
+
 def default_model(spec):
     """The physical quantities at time t (s): a day-shaped indoor climate, deterministic by seed."""
     import math
+
+    b = _building()
+    if b is not None:
+        return lambda t: b.model()
 
     cfg = spec.get("sim") or {}
     seed = cfg.get("seed", 1) if isinstance(cfg, dict) else 1
@@ -137,17 +170,30 @@ def i2c_for(kind, spec, clock):
         bus_.attach(spec.get("address", 0x76), devices.BME280(lambda: model(t())))
     else:
         raise ValueError("no simulated I2C device %r" % kind)
+    for d in bus_.devices.values():
+        d.switch = "sim-fault-" + spec.get("name", kind)
     return bus_
 
 
 def uart_for(kind, spec, clock):
-    from node.sim import devices
-
     model = default_model(spec)
     t = _secs(clock)
+    u = _uart(kind, spec, model, t)
+    u.dev.switch = "sim-fault-" + spec.get("name", kind)
+    return u
+
+
+def _uart(kind, spec, model, t):
+    from node.sim import devices
+
     if kind == "mhz19":
         return UART(devices.MHZ19(lambda: model(t())))
     if kind == "sdm":
+        b = _building()
+        if b is not None:
+            from node.sim.building import SDM
+
+            return UART(SDM(b, spec.get("slave", 1)))
         return UART(devices.SDM(lambda: model(t()), spec.get("slave", 1)))
     raise ValueError("no simulated UART device %r" % kind)
 
@@ -156,6 +202,11 @@ def i2s_for(spec, rate):
     from node.sim import signals
 
     cfg = spec.get("sim") or {}
+    b = _building()
+    if b is not None:
+        from node.sim.building import Microphone
+
+        return Microphone(b, rate, spec.get("sensitivity_dbfs", -26.0))
     return signals.Microphone(rate, cfg.get("spl", 45.0), cfg.get("freq", 1000.0),
                               spec.get("sensitivity_dbfs", -26.0), cfg.get("seed", 1))
 
@@ -168,6 +219,15 @@ def edges_for(kind, name, spec, clock):
 
     cfg = spec.get("sim") or {}
     seed = cfg.get("seed", 1)
+    b = _building()
+    if b is not None:
+        if kind == "s0":
+            b.ppk = spec.get("ppk", 1000)
+            return b.s0.attach()
+        if kind == "door":
+            return b.door.attach()
+        if kind == "beam":
+            return (b.beam_a if name == "pin_a" else b.beam_b).attach()
     if kind == "s0":
         return signals.Pulses(lambda t: cfg.get("power", 450.0), spec.get("ppk", 1000), seed)
     if kind == "door":
