@@ -158,7 +158,7 @@ def mpy_format() -> int:
 def _stamp_version(source: bytes, version: str) -> bytes:
     text, n = re.subn(rb'(?m)^VERSION = "[^"]*"', b'VERSION = "' + version.encode() + b'"', source)
     if n != 1:
-        raise ReleaseError("node/__init__.py has no VERSION = \"...\" line to stamp")
+        raise ReleaseError('node/__init__.py has no VERSION = "..." line to stamp')
     return text
 
 

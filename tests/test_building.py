@@ -64,8 +64,9 @@ def test_classroom_school_day(fleet_service, broker, device_credentials, boards,
     with Session(fleet.engine) as s:
         register_device(s, device, "test-site", room="2.14", board="sim-classroom")
         s.commit()
-    cfg = board_config("sim-classroom", device, broker, sample_interval_s=0.25, report_interval_s=0.5,
-                       health_interval_s=2)
+    cfg = board_config(
+        "sim-classroom", device, broker, sample_interval_s=0.25, report_interval_s=0.5, health_interval_s=2
+    )
     vb = boards(tmp_path / device, cfg, {"user": device, "password": pw}).start()
 
     def latest_hour():

@@ -61,6 +61,12 @@ class Device:
         if what == "crc":
             self.bad_crc = 1
 
+    def note(self, what):
+        # The commands seen, for tests; only the latest, so a day-long run does not fill the heap.
+        if len(self.log) >= 32:
+            self.log.pop(0)
+        self.log.append(what)
+
     def corrupt(self):
         if self.bad_crc:
             self.bad_crc -= 1

@@ -52,7 +52,7 @@ class SCD4x(Device):
             if bus.crc8(data, 2, 4) != data[4]:
                 raise OSError(5)  # the chip NACKs a word with a wrong CRC
             arg = (data[2] << 8) | data[3]
-        self.log.append((cmd, arg))
+        self.note((cmd, arg))
         self.answer = b""
         if cmd == 0x21B1:
             self.periodic = True
@@ -98,7 +98,7 @@ class SHT4x(Device):
 
     def write(self, data):
         cmd = data[0]
-        self.log.append(cmd)
+        self.note(cmd)
         self.answer = b""
         if cmd in self.MODES:
             m = self.model()
@@ -202,7 +202,7 @@ class MHZ19(Device):
 
         if len(f) != 9 or f[0] != 0xFF or checksum(f) != f[8]:
             return b""  # the sensor ignores a bad frame
-        self.log.append(f[2])
+        self.note(f[2])
         if f[2] == 0x99:
             self.range = (f[6] << 8) | f[7]
         elif f[2] == 0x79:
