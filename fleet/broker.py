@@ -54,6 +54,18 @@ def hash_password(password: str, *, iterations: int = 101, salt: bytes | None = 
     return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
+def verify_password(password: str, hashed: str) -> bool:
+    """Whether `password` matches a `$7$` hash (lets a sync keep a hash instead of re-salting it)."""
+    parts = hashed.split("$")
+    if len(parts) != 5 or parts[1] != "7" or not parts[2].isdigit():
+        return False
+    try:
+        salt = base64.b64decode(parts[3])
+    except ValueError:
+        return False
+    return secrets.compare_digest(hash_password(password, iterations=int(parts[2]), salt=salt), hashed)
+
+
 def new_password() -> str:
     return secrets.token_urlsafe(24)
 
@@ -90,7 +102,11 @@ class BrokerUsers:
         return self.root / "acl"
 
     def set_user(self, name: str, password: str, *, admin: bool = False) -> None:
-        self.hashes[name] = hash_password(password)
+        self.set_hash(name, hash_password(password), admin=admin)
+
+    def set_hash(self, name: str, hashed: str, *, admin: bool = False) -> None:
+        """A user whose `$7$` hash the fleet stored (its password is not known here)."""
+        self.hashes[name] = hashed
         if admin:
             self.admins.add(name)
 
@@ -98,19 +114,26 @@ class BrokerUsers:
         self.hashes.pop(name, None)
         self.admins.discard(name)
 
-    def write(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.password_file, "".join(f"{u}:{h}\n" for u, h in sorted(self.hashes.items())))
+    def render(self) -> tuple[str, str]:
+        """The password file's and the ACL file's text."""
+        passwd = "".join(f"{u}:{h}\n" for u, h in sorted(self.hashes.items()))
         admin_blocks = "".join(
             f"user {u}\ntopic readwrite maille/#\ntopic read $SYS/#\n\n" for u in sorted(self.admins)
         )
-        _atomic_write(self.acl_file, admin_blocks + DEVICE_ACL)
+        return passwd, admin_blocks + DEVICE_ACL
+
+    def write(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        passwd, acl = self.render()
+        atomic_write(self.password_file, passwd)
+        atomic_write(self.acl_file, acl)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
+def atomic_write(path: Path, text: str, mode: int = 0o600) -> None:
+    """Readers (Mosquitto on SIGHUP) see the old file or the new one, never half of it."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
-    os.chmod(tmp, 0o600)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import typer
 
+from fleet.provision_cli import board_app
+from fleet.provision_cli import provision as provision_command
+from fleet.provision_cli import replace as replace_command
+from fleet.release_cli import release_app
 from fleet.settings import SETTINGS_SOURCES, get_settings
+from fleet.sim import sim as sim_command
 
 app = typer.Typer(
     help="Maille: set up, run and watch a fleet of ESP32 sensor nodes in public buildings.\n\n"
@@ -16,7 +21,98 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 db_app = typer.Typer(help="Look after the fleet's database.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens: who may use the web API, with which role.", no_args_is_help=True)
+device_app = typer.Typer(
+    help="Talk to one device through the fleet's API (MAILLE_API_URL, MAILLE_TOKEN); `replace` works on "
+    "the fleet's database and broker directly.",
+    no_args_is_help=True,
+)
+broker_app = typer.Typer(help="The broker's users and ACL, owned by the fleet.", no_args_is_help=True)
+site_app = typer.Typer(help="Sites as files: buildings, floors, rooms, expected nodes.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(device_app, name="device")
+app.add_typer(release_app, name="release")
+app.add_typer(broker_app, name="broker")
+app.add_typer(site_app, name="site")
+app.add_typer(board_app, name="board")
+app.command("sim")(sim_command)
+app.command("provision")(provision_command)
+device_app.command("replace")(replace_command)
+
+
+def _engine():
+    """The fleet database from settings, brought to the latest schema."""
+    from fleet.db import make_engine, upgrade
+
+    engine = make_engine(get_settings().database_url)
+    upgrade(engine)
+    return engine
+
+
+@broker_app.command("sync")
+def broker_sync() -> None:
+    """Write the broker's password and ACL files from the fleet database and make it reload them
+    (MAILLE_BROKER_PASSWORD_FILE, MAILLE_BROKER_ACL_FILE, MAILLE_BROKER_RELOAD)."""
+    from sqlmodel import Session
+
+    from fleet.broker_admin import BrokerAdminError, sync
+
+    engine = _engine()
+    try:
+        with Session(engine) as s:
+            result = sync(s, get_settings())
+    except BrokerAdminError as e:
+        typer.echo(f"maille: {e}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    state = (
+        ("files rewritten, broker reloaded" if result.reloaded else "files rewritten")
+        if result.changed
+        else "unchanged"
+    )
+    typer.echo(f"maille: broker users {result.users}, {state}")
+
+
+@site_app.command("apply")
+def site_apply(
+    file: Path = typer.Argument(..., help="The site file, e.g. sites/bliiida.toml."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change; change nothing."),
+    prune: bool = typer.Option(False, "--prune", help="Also delete what the file dropped that holds data."),
+) -> None:
+    """Create or update a site's buildings, floors, rooms, expected nodes and meters from its file.
+
+    Safe to run again. What the file no longer names is deleted when it holds nothing, kept (and
+    listed) when it holds data, unless --prune.
+    """
+    from rich.console import Console
+    from sqlmodel import Session
+
+    from fleet import sites
+
+    console = Console(highlight=False)
+    try:
+        spec = sites.load(file)
+    except sites.SiteError as e:
+        console.print(f"[red]{e}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    engine = _engine()
+    try:
+        with Session(engine) as s:
+            changes = sites.apply(s, spec, f"site-file:{file.name}", prune=prune, dry_run=dry_run)
+    except sites.SiteError as e:
+        console.print(f"[red]{e}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+    colour = {"create": "green", "update": "yellow", "delete": "red", "keep": "cyan"}
+    for change in changes:
+        console.print(f"[{colour[change.op]}]{change}", soft_wrap=True)
+    done = "would change" if dry_run else "changed"
+    console.print(
+        f"{spec.site.slug}: {sum(c.op != 'keep' for c in changes)} {done}" + (" (dry run)" if dry_run else "")
+    )
 
 
 @app.command()
@@ -65,11 +161,17 @@ def demo(
 
 
 @app.command()
-def serve() -> None:
+def serve(
+    workers: int = typer.Option(
+        None, "--workers", min=1, max=64, help="Ingest workers sharing the stream (default: settings, 1)."
+    ),
+) -> None:
     """Run the fleet service: store what nodes send (ingest) and answer the web API."""
     from fleet.service import serve as run_service
 
     settings = get_settings()
+    if workers is not None:
+        settings = settings.model_copy(update={"ingest_workers": workers})
     typer.echo(
         f"maille: API on http://{settings.api_host}:{settings.api_port}, broker {settings.mqtt_url_masked}"
     )
@@ -94,3 +196,145 @@ def db_upgrade() -> None:
     settings = get_settings()
     upgrade(settings.database_url)
     typer.echo("maille: database is up to date")
+
+
+@token_app.command("create")
+def token_create(
+    role: str = typer.Option(..., "--role", help="admin, operator, technician, integrator or viewer."),
+    site: list[str] = typer.Option(None, "--site", help="Limit the token to this site (repeat for more)."),
+    name: str = typer.Option(None, "--name", help="Shown in the audit log (default: <role>-<random>)."),
+) -> None:
+    """Create a token and print it once: only its hash is kept."""
+    import secrets
+
+    from sqlmodel import Session
+
+    from fleet.auth import Role, create_token
+    from fleet.db import make_engine, upgrade
+
+    try:
+        role_ = Role(role)
+    except ValueError:
+        raise typer.BadParameter(
+            f"unknown role {role!r}; one of {', '.join(Role)}", param_hint="--role"
+        ) from None
+    settings = get_settings()
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    try:
+        with Session(engine) as s:
+            token, secret = create_token(s, name or f"{role_}-{secrets.token_hex(3)}", role_, site or ())
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    finally:
+        engine.dispose()
+    scope = ", ".join(site) if site else "all sites"
+    typer.echo(f"maille: token {token.name!r} ({token.role}, {scope}); shown once, keep it safe:", err=True)
+    typer.echo(secret)
+
+
+def _api():
+    """An HTTP client for the fleet's API from settings (MAILLE_API_URL, MAILLE_TOKEN)."""
+    import httpx
+
+    settings = get_settings()
+    if settings.token is None:
+        raise typer.BadParameter("no API token: set MAILLE_TOKEN (see `maille token create`)")
+    headers = {"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+    return httpx.Client(base_url=settings.api_url, headers=headers, timeout=10)
+
+
+def _call(response) -> dict:
+    """The JSON body of a successful answer; a problem document is printed and exits 1."""
+    body = response.json()
+    if response.is_error:
+        typer.echo(f"maille: {body.get('title', response.status_code)}: {body.get('detail', body)}", err=True)
+        raise typer.Exit(1)
+    return body
+
+
+def _pairs(items: list[str], option: str) -> dict:
+    """k=v pairs; each value read as JSON when it is (5, 1.5, true, "x", [..]), else as a string."""
+    import json
+
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r} is not k=v", param_hint=option)
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def _wait(check, timeout: float, what: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = check()
+        if body is not None:
+            return body
+        if time.monotonic() > deadline:
+            typer.echo(f"maille: no {what} within {timeout:g} s", err=True)
+            raise typer.Exit(2)
+        time.sleep(0.2)
+
+
+@device_app.command("cmd")
+def device_cmd(
+    device: str = typer.Argument(..., help="Device id."),
+    cmd: str = typer.Argument(
+        ..., help="reboot, identify, co2_recalibrate, time_sync, flush_outbox, log_level"
+    ),
+    arg: list[str] = typer.Option(None, "--arg", help="A command argument k=v (repeat for more)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the node's ack and show it."),
+    timeout: float = typer.Option(30, "--timeout", help="How long --wait waits, seconds."),
+) -> None:
+    """Send a command to a device; with --wait, show its ack."""
+    import json
+
+    with _api() as http:
+        body = {"cmd": cmd, "args": _pairs(arg, "--arg")}
+        sent = _call(http.post(f"/api/v1/devices/{device}/commands", json=body))
+        if wait:
+            url = f"/api/v1/devices/{device}/commands/{sent['id']}"
+
+            def acked() -> dict | None:
+                found = _call(http.get(url))
+                return found if found["status"] != "sent" else None
+
+            sent = _wait(acked, timeout, "ack")
+    typer.echo(json.dumps(sent))
+    if sent["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@device_app.command("config")
+def device_config(
+    device: str = typer.Argument(..., help="Device id."),
+    set_: list[str] = typer.Option(None, "--set", help="A setting k=v, e.g. sample_interval_s=30 (repeat)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the node reports the new version."),
+    timeout: float = typer.Option(30, "--timeout", help="How long --wait waits, seconds."),
+) -> None:
+    """Show a device's config (desired against reported), or change settings with --set (merged into
+    the desired settings)."""
+    import json
+
+    with _api() as http:
+        url = f"/api/v1/devices/{device}/config"
+        body = _call(http.get(url))
+        if set_:
+            body = _call(http.put(url, json={**(body["settings"] or {}), **_pairs(set_, "--set")}))
+        if wait and set_:
+
+            def settled() -> dict | None:
+                found = _call(http.get(url))
+                return found if found["in_sync"] or found["error"] else None
+
+            body = _wait(settled, timeout, "ack")
+    typer.echo(json.dumps(body))
+    if body.get("error"):
+        raise typer.Exit(1)

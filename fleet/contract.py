@@ -28,7 +28,7 @@ from pydantic import (
 
 TOPIC_PREFIX = "maille/v1/"
 DEVICE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{2,31}$")
-UP_CHANNELS = ("telemetry", "state", "health")
+UP_CHANNELS = ("telemetry", "state", "health", "ack")
 MAX_PAYLOAD = 4096
 EXCERPT = 256
 MAX_SEQ = 2**53 - 1
@@ -119,6 +119,7 @@ class State(_Uplink):
     reason: Annotated[str, Field(max_length=64)] | None = None
     mode: Mode | None = None
     config: Count | None = None
+    sleep: Annotated[Int, Field(ge=1, le=7 * 86400)] | None = None
 
 
 class Health(_Uplink):
@@ -140,15 +141,70 @@ class Health(_Uplink):
     boot: Count | None = None
 
 
+class Ack(_Uplink):
+    """The node's answer to a command (`id` = the command's id) or a config (`id` = `config-<v>`, or
+    `config` when the message could not even be read)."""
+
+    NULLABLE: ClassVar[frozenset[str]] = frozenset({"result"})
+
+    id: Annotated[str, Field(max_length=48)]
+    cmd: Annotated[str, Field(max_length=32)] | None = None
+    ok: bool
+    result: dict[str, Any] | None = None
+    error: Annotated[str, Field(max_length=200)] | None = None
+
+    @property
+    def config_version(self) -> int | None:
+        """The config version this ack is about, if it is about one."""
+        prefix, _, version = self.id.partition("-")
+        return int(version) if prefix == "config" and version.isdigit() else None
+
+
 class Stored(_Payload):
     """The fleet's watermark for one device (fleet → node, retained), with the fleet's clock `t` so a
     node without NTP can set its own."""
 
-    seq: Count
+    seq: Count | None = None  # absent until the fleet has stored something from this device
     t: Int | None = None
 
 
-MODELS: dict[str, type[_Uplink]] = {"telemetry": Telemetry, "state": State, "health": Health}
+class SensorSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+    type: str
+
+
+class ConfigSettings(_Payload):
+    """The settings a node accepts remotely (config.schema.json `settings`); all optional."""
+
+    sample_interval_s: Annotated[float, Field(gt=0, le=86400)] | None = None
+    health_interval_s: Annotated[float, Field(ge=1, le=86400)] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+    sensors: Annotated[list[SensorSpec], Field(max_length=16)] | None = None
+    calibration: dict[str, float] | None = None
+    thresholds: dict[str, Annotated[float, Field(ge=0)]] | None = None
+
+
+class Config(_Payload):
+    """fleet → node, retained: the desired settings and their version."""
+
+    version: Annotated[Int, Field(ge=1)]
+    settings: ConfigSettings
+
+
+CommandName = Literal["reboot", "identify", "co2_recalibrate", "time_sync", "flush_outbox", "log_level"]
+
+
+class Cmd(_Payload):
+    """fleet → node, not retained: one command; the node acks it with the same id."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
+    cmd: CommandName
+    args: dict[str, Any] | None = None
+    expires: Int | None = None
+
+
+MODELS: dict[str, type[_Uplink]] = {"telemetry": Telemetry, "state": State, "health": Health, "ack": Ack}
 
 
 @dataclass(frozen=True)
@@ -168,7 +224,7 @@ class Reject:
         return text[:EXCERPT]
 
 
-Uplink = Telemetry | State | Health
+Uplink = Telemetry | State | Health | Ack
 
 
 def topic_of(device_id: str, channel: str) -> str:
@@ -200,7 +256,7 @@ def describe_errors(errors: Sequence[Mapping[str, Any]], root: str = "") -> str:
     return "; ".join(parts)[:512]
 
 
-def parse(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> Telemetry | State | Health | Reject:
+def parse(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> Uplink | Reject:
     """Decode one MQTT message on an up-topic into its model, or say precisely why it is refused."""
     where = split_topic(topic)
     if where is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import tempfile
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlmodel import Session, func, select
 
+from fleet.auth import Role, create_token
 from fleet.broker import LocalBroker, new_password
 from fleet.db import make_engine, upgrade
 from fleet.models import Device, Reading
@@ -47,11 +49,11 @@ def _board_config(device_id: str, room: str, host: str, port: int, seed: int, in
     }
 
 
-def summarize(engine, api: str, nodes: int) -> dict:
+def summarize(engine, api: str, nodes: int, token: str) -> dict:
     with Session(engine) as s:
         online = s.exec(select(func.count()).select_from(Device).where(Device.status == "online")).one()
         readings = s.exec(select(func.count()).select_from(Reading)).one()
-    return {"nodes": nodes, "online": online, "readings_stored": readings, "api": api}
+    return {"nodes": nodes, "online": online, "readings_stored": readings, "api": api, "token": token}
 
 
 async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
@@ -73,6 +75,8 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
     )
     engine = make_engine(settings.database_url)
     upgrade(engine)
+    with Session(engine) as s:
+        token = create_token(s, f"demo-admin-{secrets.token_hex(3)}", Role.admin)[1]
 
     boards: list[VirtualBoard] = []
     with Session(engine) as s:
@@ -107,6 +111,8 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
         for b in boards:
             b.start()
         console.print(f"[green]fleet[/] API at {api}  (OpenAPI: {api}/docs, devices: {api}/api/v1/devices)")
+        console.print(f"[green]token[/] admin API token: {token}")
+        console.print(f'        curl -H "Authorization: Bearer {token}" {api}/api/v1/devices')
         console.print(
             f"[green]nodes[/] {len(boards)} virtual boards running the firmware under micropython "
             f"(consoles in {work / 'boards'})"
@@ -118,7 +124,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
             await asyncio.wait_for(stop.wait(), opts.duration)
         except TimeoutError:
             pass
-        summary = summarize(engine, api, len(boards))
+        summary = summarize(engine, api, len(boards), token)
     finally:
         for b in boards:
             b.stop()

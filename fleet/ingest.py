@@ -13,25 +13,40 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiomqtt
-from sqlalchemy import Engine, delete, func
+from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from fleet import contract
-from fleet.contract import RejectReason, Stored, Telemetry, Uplink
-from fleet.models import REJECTS_KEPT, Device, Reading, Reject, utcnow
+from fleet import contract, control, presence, rollups
+from fleet.contract import Ack, RejectReason, Stored, Telemetry, Uplink
+from fleet.models import REJECTS_KEPT, Device, Lifecycle, Reading, Reject, utcnow
+from fleet.presence import PresenceRules
 from fleet.registry import devices_by_id
 from fleet.settings import mask_url, parse_mqtt_url
+from fleet.stream import Event, Hub
 
 log = logging.getLogger("maille.ingest")
 
 SUBSCRIPTIONS = [(f"maille/v1/+/{channel}", 1) for channel in contract.UP_CHANNELS]
+SHARED_CHANNELS = [c for c in contract.UP_CHANNELS if c != "state"]
+
+
+def subscriptions(worker: int, workers: int, group: str) -> list[tuple[str, int]]:
+    """One worker takes everything; several split the stream with an MQTT shared subscription
+    (`$share/<group>/…`). Brokers send no retained messages on shared subscriptions, and presence wants
+    one ordered view of each device's births and wills, so `state` goes to worker 0 alone."""
+    if workers == 1:
+        return SUBSCRIPTIONS
+    shared = [(f"$share/{group}/maille/v1/+/{channel}", 1) for channel in SHARED_CHANNELS]
+    return shared + ([("maille/v1/+/state", 1)] if worker == 0 else [])
+
+
 INSERT_CHUNK = 500  # rows per INSERT statement, well under SQLite's bound-parameter limit
 DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
@@ -56,6 +71,7 @@ class BatchResult:
     stored_messages: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     watermarks: dict[str, int] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
 
 
 @dataclass
@@ -65,21 +81,30 @@ class IngestStats:
     stored_messages: int = 0
     rejected: dict[str, int] = field(default_factory=lambda: {str(r): 0 for r in RejectReason})
     last_commit_at: datetime | None = None
+    lag_s: float = 0.0  # receipt of the oldest message of the last batch → its commit
 
-    def add(self, result: BatchResult) -> None:
+    def add(self, result: BatchResult, oldest: datetime, committed: datetime) -> None:
         self.stored_readings += result.stored_readings
         self.stored_messages += result.stored_messages
         for reason, n in result.rejected.items():
             self.rejected[reason] += n
-        self.last_commit_at = utcnow()
+        self.last_commit_at = committed
+        self.lag_s = max(0.0, (committed - oldest).total_seconds())
 
 
-def store_batch(session: Session, batch: Sequence[Received]) -> BatchResult:
-    """Apply a batch in one transaction: readings (idempotent), presence, health, rejects."""
+def store_batch(
+    session: Session, batch: Sequence[Received], rules: PresenceRules | None = None
+) -> BatchResult:
+    """Apply a batch in one transaction: readings (idempotent) with their rollups and channels,
+    presence, health, acks, rejects."""
+    rules = rules or PresenceRules()
     result = BatchResult()
     devices = devices_by_id(session, {r.msg.device_id for r in batch if r.accepted})
     rows: list[dict] = []
     rejects: list[contract.Reject] = []
+    acks: list[tuple[Ack, datetime]] = []
+    top_seq: dict[str, int] = {}
+    births: set[str] = set()
     for r in batch:
         msg = r.msg
         if not isinstance(msg, contract.Reject) and msg.device_id not in devices:
@@ -95,18 +120,40 @@ def store_batch(session: Session, batch: Sequence[Received]) -> BatchResult:
             continue
         device = devices[msg.device_id]
         device.last_seen = r.at
+        if device.lifecycle == Lifecycle.provisioned:
+            device.lifecycle = Lifecycle.active
         result.stored_messages += 1
         if isinstance(msg, Telemetry):
             rows.extend(_reading_rows(msg, r.at))
-            device.stored_seq = max(device.stored_seq if device.stored_seq is not None else -1, msg.seq)
-            result.watermarks[device.id] = device.stored_seq
+            top_seq[device.id] = max(top_seq.get(device.id, -1), msg.seq)
         elif isinstance(msg, contract.State):
-            _apply_state(device, msg, r.at)
+            presence.apply_state(device, msg, r.at, rules)
+            if msg.state == "online":
+                births.add(device.id)  # answered with `stored`: the watermark and the fleet's clock
+        elif isinstance(msg, Ack):
+            acks.append((msg, r.at))
         else:
-            device.last_health = msg.model_dump(mode="json", exclude_unset=True)  # as sent
-    result.stored_readings = _insert_readings(session, rows)
+            presence.apply_health(device, msg)
+    new = _insert_readings(session, rows)
+    result.stored_readings = len(new)
+    if new:
+        rollups.upsert(
+            session, rollups.aggregate((n["device_id"], n["name"], n["value"], n["ts"]) for n in new)
+        )
+        presence.update_channels(session, new)
+        result.events = [_event(n, devices[n["device_id"]].site_id) for n in new]
+    for msg, at in acks:
+        control.apply_ack(session, msg, devices[msg.device_id], at)
+    _raise_watermarks(session, top_seq)
     _insert_rejects(session, rejects)
     result.rejected.update(str(rej.reason) for rej in rejects)
+    session.flush()
+    if top_seq or births:
+        result.watermarks = dict(
+            session.exec(
+                select(Device.id, Device.stored_seq).where(col(Device.id).in_(set(top_seq) | births))
+            ).all()
+        )
     session.commit()
     return result
 
@@ -126,30 +173,51 @@ def _reading_rows(msg: Telemetry, at: datetime) -> list[dict]:
     ]
 
 
-def _apply_state(device: Device, msg: contract.State, at: datetime) -> None:
-    device.status = msg.state
-    device.last_state_at = at
-    if msg.state == "online":
-        device.fw = msg.fw or device.fw
-        device.board = msg.board or device.board
-        device.boot = msg.boot if msg.boot is not None else device.boot
-        device.reset = msg.reset or device.reset
+def _event(row: dict, site_id: int) -> Event:
+    data = {
+        "device": row["device_id"],
+        "seq": row["seq"],
+        "name": row["name"],
+        "unit": row["unit"],
+        "value": row["value"],
+        "ts": row["ts"].isoformat(),
+    }
+    return Event(row["device_id"], site_id, data)
 
 
-def _insert_readings(session: Session, rows: list[dict]) -> int:
-    """INSERT … ON CONFLICT DO NOTHING; returns how many rows were new (RETURNING gives only those,
+def _raise_watermarks(session: Session, top_seq: dict[str, int]) -> None:
+    """stored_seq only goes up, also when two ingest workers commit for one device at once: the
+    database takes the maximum, not the value this transaction read."""
+    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
+    for device_id in sorted(top_seq):
+        session.exec(
+            update(Device)
+            .where(Device.id == device_id)
+            .values(stored_seq=greatest(func.coalesce(Device.stored_seq, -1), top_seq[device_id]))
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _insert_readings(session: Session, rows: list[dict]) -> list[dict]:
+    """INSERT … ON CONFLICT DO NOTHING; returns the rows that were new (RETURNING gives only those,
     where rowcount is not reliable across drivers)."""
     insert = DIALECT_INSERT[session.get_bind().dialect.name]
-    stored = 0
+    new: list[dict] = []
     for start in range(0, len(rows), INSERT_CHUNK):
+        chunk = rows[start : start + INSERT_CHUNK]
         stmt = (
             insert(Reading)
-            .values(rows[start : start + INSERT_CHUNK])
+            .values(chunk)
             .on_conflict_do_nothing(index_elements=["device_id", "seq", "name"])
-            .returning(Reading.id)
+            .returning(Reading.device_id, Reading.seq, Reading.name)
         )
-        stored += len(session.exec(stmt).all())
-    return stored
+        fresh = {tuple(key) for key in session.exec(stmt).all()}
+        for r in chunk:  # a key repeated within the batch was inserted once, from its first row
+            key = (r["device_id"], r["seq"], r["name"])
+            if key in fresh:
+                fresh.discard(key)
+                new.append(r)
+    return new
 
 
 def _insert_rejects(session: Session, rejects: list[contract.Reject]) -> None:
@@ -184,6 +252,11 @@ class Ingest:
         batch_interval: float = 0.05,
         max_payload: int = contract.MAX_PAYLOAD,
         reconnect_interval: float = 1.0,
+        *,
+        topics: list[tuple[str, int]] = SUBSCRIPTIONS,
+        clock: Callable[[], datetime] = utcnow,
+        hub: Hub | None = None,
+        rules: PresenceRules | None = None,
     ) -> None:
         self.engine = engine
         self.mqtt_url = mqtt_url
@@ -193,6 +266,10 @@ class Ingest:
         self.batch_interval = batch_interval
         self.max_payload = max_payload
         self.reconnect_interval = reconnect_interval
+        self.topics = topics
+        self.clock = clock
+        self.hub = hub
+        self.rules = rules or PresenceRules()
         self.stats = IngestStats()
         self.subscribed = asyncio.Event()  # set while connected and subscribed
 
@@ -201,7 +278,7 @@ class Ingest:
         while not stop.is_set():
             try:
                 async with self._client() as client:
-                    await client.subscribe(SUBSCRIPTIONS)
+                    await client.subscribe(self.topics)
                     log.info("ingest subscribed on %s as %s", mask_url(self.mqtt_url), self.client_id)
                     self.subscribed.set()
                     await self._pump(client, stop)
@@ -264,20 +341,22 @@ class Ingest:
     def _decode(self, message: aiomqtt.Message) -> Received:
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
         topic = message.topic.value
-        return Received(topic, payload, utcnow(), contract.parse(topic, payload, self.max_payload))
+        return Received(topic, payload, self.clock(), contract.parse(topic, payload, self.max_payload))
 
     async def _commit(self, client: aiomqtt.Client, batch: list[tuple[aiomqtt.Message, Received]]) -> None:
         result = await asyncio.to_thread(self._store, [received for _, received in batch])
         for message, _ in batch:
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)
-        self.stats.add(result)
+        self.stats.add(result, batch[0][1].at, self.clock())
+        if self.hub and result.events:
+            self.hub.publish(result.events)
         now = int(time.time())
         await asyncio.gather(
             *(
                 client.publish(
                     contract.topic_of(device_id, "stored"),
-                    Stored(seq=seq, t=now).model_dump_json(),
+                    Stored(t=now, **({} if seq is None else {"seq": seq})).model_dump_json(exclude_none=True),
                     qos=1,
                     retain=True,
                 )
@@ -287,4 +366,4 @@ class Ingest:
 
     def _store(self, batch: list[Received]) -> BatchResult:
         with Session(self.engine) as session:
-            return store_batch(session, batch)
+            return store_batch(session, batch, self.rules)

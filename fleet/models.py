@@ -1,12 +1,24 @@
-"""Tables of the fleet: sites, devices, readings and the bounded list of rejected messages."""
+"""Tables of the fleet: the building registry, devices and their sensors, readings and rollups,
+presence per channel, alerts, commands and config, API tokens, the audit log and rejected messages."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -39,10 +51,29 @@ class UTCDateTime(TypeDecorator):
 BigId = BigInteger().with_variant(Integer, "sqlite")
 
 
+def fk(target: str, ondelete: str, *, nullable: bool = False, index: bool = True, **kw) -> Any:
+    """A foreign key column whose ON DELETE rule the database enforces (SQLite: foreign_keys=ON)."""
+    col_type = String(32) if target == "device.id" else Integer()
+    return Field(
+        sa_column=Column(
+            col_type, ForeignKey(target, ondelete=ondelete), nullable=nullable, index=index, **kw
+        )
+    )
+
+
 class DeviceStatus(StrEnum):
+    """Presence, from the retained `state` and the last will."""
+
     provisioned = "provisioned"
     online = "online"
     offline = "offline"
+    asleep = "asleep"  # offline by its own declared sleep schedule, expected back
+
+
+class Lifecycle(StrEnum):
+    provisioned = "provisioned"
+    active = "active"
+    retired = "retired"
 
 
 class Site(SQLModel, table=True):
@@ -53,20 +84,110 @@ class Site(SQLModel, table=True):
     name: str = Field(max_length=128)
 
 
+class Building(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("site_id", "slug", name="uq_building_site_slug"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    site_id: int = fk("site.id", "CASCADE")
+    slug: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    address: str | None = Field(default=None, max_length=256)
+
+
+class Floor(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("building_id", "name", name="uq_floor_building_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    building_id: int = fk("building.id", "CASCADE")
+    name: str = Field(max_length=64)
+    level: int = 0
+
+
+class Zone(SQLModel, table=True):
+    """An optional grouping of rooms of one building (a wing, a ventilation circuit)."""
+
+    __table_args__ = (UniqueConstraint("building_id", "name", name="uq_zone_building_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    building_id: int = fk("building.id", "CASCADE")
+    name: str = Field(max_length=64)
+
+
+class Room(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("floor_id", "name", name="uq_room_floor_name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    floor_id: int = fk("floor.id", "CASCADE")
+    zone_id: int | None = fk("zone.id", "SET NULL", nullable=True)
+    name: str = Field(max_length=64)
+    use: str | None = Field(default=None, max_length=64)
+
+
 class Device(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     site_id: int = Field(foreign_key="site.id", index=True)
-    room: str = Field(max_length=64)
+    room_id: int | None = fk("room.id", "SET NULL", nullable=True)
     board: str = Field(default="sim", max_length=32)
     fw: str | None = Field(default=None, max_length=32)
     status: str = Field(default=DeviceStatus.provisioned, max_length=16)
+    lifecycle: str = Field(default=Lifecycle.provisioned, max_length=16)
+    replaced_by: str | None = fk("device.id", "SET NULL", nullable=True, index=False)
+    tags: list[str] = Field(default_factory=list, sa_type=JSON)
     last_seen: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_state_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     boot: int | None = None
     reset: str | None = Field(default=None, max_length=24)
+    mode: str | None = Field(default=None, max_length=8)
+    config_version: int | None = None  # reported by the node (birth or config ack)
+    sleep_s: int | None = None  # declared in the birth: offline up to this long is sleep
+    boots_base: int | None = None  # boot counter at the start of the reboot-loop window
+    boots_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_health: dict[str, Any] | None = Field(default=None, sa_type=JSON)
     stored_seq: int | None = Field(default=None, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    name: str | None = Field(default=None, max_length=64)  # shown on the label
+    # The port or sim:DIR it was last provisioned from: a re-run there finds the same device.
+    provisioned_from: str | None = Field(default=None, max_length=256)
+    declared: bool = False  # an expected node of a site file (`maille site apply` may prune it)
+
+
+class SiteWifi(SQLModel, table=True):
+    """The Wi-Fi every node of a site joins; the password goes only into the nodes' config.json."""
+
+    __tablename__ = "site_wifi"
+
+    site_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("site.id", ondelete="CASCADE"), primary_key=True)
+    )
+    ssid: str = Field(max_length=64)
+    password: str = Field(max_length=128)
+
+
+class DeviceCredential(SQLModel, table=True):
+    """A board's broker password as a Mosquitto $7$ hash (the plaintext is only on the board).
+
+    One unrevoked row per device at most; a replaced or re-provisioned board's row is revoked, kept.
+    """
+
+    __tablename__ = "device_credential"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = fk("device.id", "CASCADE")
+    hash: str = Field(max_length=256)
+    issued_for: str | None = Field(default=None, max_length=256)  # the port or sim:DIR
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeviceSensor(SQLModel, table=True):
+    __tablename__ = "device_sensor"
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = fk("device.id", "CASCADE")
+    model: str = Field(max_length=32)
+    channel: str = Field(max_length=32)
+    calibrated_on: date | None = None
+    offsets: dict[str, float] = Field(default_factory=dict, sa_type=JSON)
 
 
 class Reading(SQLModel, table=True):
@@ -83,6 +204,107 @@ class Reading(SQLModel, table=True):
     value: float
     ts: datetime = Field(sa_type=UTCDateTime)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class Rollup(SQLModel, table=True):
+    """Aggregates of one measurement of one device per time bucket, kept up to date by ingest."""
+
+    device_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("device.id", ondelete="CASCADE"), primary_key=True)
+    )
+    name: str = Field(primary_key=True, max_length=32)
+    resolution: str = Field(primary_key=True, max_length=4)
+    bucket: datetime = Field(primary_key=True, sa_type=UTCDateTime)
+    count: int
+    sum: float
+    min: float
+    max: float
+    last: float
+    last_ts: datetime = Field(sa_type=UTCDateTime)
+
+
+class Channel(SQLModel, table=True):
+    """Freshness of one measurement of one device: when it last came and how often it comes."""
+
+    device_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("device.id", ondelete="CASCADE"), primary_key=True)
+    )
+    name: str = Field(primary_key=True, max_length=32)
+    unit: str | None = Field(default=None, max_length=16)
+    last_ts: datetime = Field(sa_type=UTCDateTime)  # the node's time of the newest reading
+    last_at: datetime = Field(sa_type=UTCDateTime)  # the fleet's time it arrived
+    interval_s: float | None = None  # learned cadence
+
+
+class Alert(SQLModel, table=True):
+    __table_args__ = (Index("ix_alert_open", "resolved_at", "rule", "device_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rule: str = Field(max_length=32)
+    device_id: str = fk("device.id", "CASCADE")
+    subject: str = Field(default="", max_length=64)  # channel or metric, when the rule is about one
+    severity: str = Field(default="warning", max_length=16)
+    message: str = Field(max_length=256)
+    opened_at: datetime = Field(sa_type=UTCDateTime)
+    resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeviceConfig(SQLModel, table=True):
+    """The desired remote config of a device; the node reports what it applied on Device."""
+
+    __tablename__ = "device_config"
+
+    device_id: str = Field(
+        sa_column=Column(String(32), ForeignKey("device.id", ondelete="CASCADE"), primary_key=True)
+    )
+    version: int
+    settings: dict[str, Any] = Field(sa_type=JSON)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_by: str = Field(max_length=64)
+    error: str | None = Field(default=None, max_length=200)  # the node's refusal, if any
+
+
+class Command(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    device_id: str = fk("device.id", "CASCADE")
+    cmd: str = Field(max_length=32)
+    args: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    status: str = Field(default="sent", max_length=8)  # sent, ok, failed
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_by: str = Field(max_length=64)
+    acked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    result: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    error: str | None = Field(default=None, max_length=200)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_api_token_name"),
+        UniqueConstraint("hash", name="uq_api_token_hash"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    site_ids: list[int] | None = Field(default=None, sa_type=JSON)  # None: every site
+    hash: str = Field(max_length=64)  # SHA-256 hex of the token; the token itself is never stored
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked: bool = False
+
+
+class AuditLog(SQLModel, table=True):
+    __tablename__ = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    who: str = Field(max_length=64)
+    action: str = Field(max_length=16)
+    entity: str = Field(max_length=32)
+    entity_id: str = Field(max_length=64)
+    before: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    after: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class Reject(SQLModel, table=True):

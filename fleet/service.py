@@ -1,18 +1,26 @@
-"""The fleet service: migrations, then ingest and the HTTP API side by side in one event loop."""
+"""The fleet service: migrations, then ingest workers, the HTTP API, the alert evaluator and the webhook
+sender side by side in one event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import uvicorn
+from sqlalchemy import Engine
 
+from fleet.alerts import Evaluator, Notifier
 from fleet.api import create_app
+from fleet.control import Publisher
 from fleet.db import make_engine, upgrade
-from fleet.ingest import Ingest
+from fleet.ingest import Ingest, subscriptions
+from fleet.models import utcnow
+from fleet.presence import PresenceRules
 from fleet.settings import Settings
+from fleet.stream import Hub
 
 
 class _Server(uvicorn.Server):
@@ -32,35 +40,70 @@ def _listen(host: str, port: int) -> socket.socket:
         raise RuntimeError(f"the API cannot listen on {host}:{port}: {e.strerror}") from e
 
 
-async def _announce(server: uvicorn.Server, ingest: Ingest, ready: asyncio.Event) -> None:
+async def _announce(server: uvicorn.Server, workers: list[Ingest], ready: asyncio.Event) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
-    await ingest.subscribed.wait()
+    for worker in workers:
+        await worker.subscribed.wait()
     ready.set()
 
 
-async def serve(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (or a part fails); `ready` is set once the API answers and ingest is
-    subscribed."""
+def ingest_workers(
+    settings: Settings, engine: Engine, hub: Hub | None, clock: Callable[[], datetime]
+) -> list[Ingest]:
+    """`settings.ingest_workers` ingest clients; several share the stream (see ingest.subscriptions)."""
+    n = settings.ingest_workers
+    rules = PresenceRules(reboot_window_s=settings.reboot_window_s)
+    return [
+        Ingest(
+            engine,
+            settings.mqtt_url,
+            client_id=settings.ingest_client_id if n == 1 else f"{settings.ingest_client_id}-{i}",
+            batch_size=settings.ingest_batch_size,
+            batch_interval=settings.ingest_batch_interval,
+            max_payload=settings.max_payload,
+            topics=subscriptions(i, n, settings.ingest_share_group),
+            clock=clock,
+            hub=hub,
+            rules=rules,
+        )
+        for i in range(n)
+    ]
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> None:
+    """Run until `stop` is set (or a part fails); `ready` is set once the API answers and every ingest
+    worker is subscribed. `clock` is the fleet's time for ingest and alerts (tests move it by hand)."""
     engine = make_engine(settings.database_url)
     await asyncio.to_thread(upgrade, engine)
-    ingest = Ingest(
+    hub = Hub()
+    workers = ingest_workers(settings, engine, hub, clock)
+    publisher = Publisher(settings.mqtt_url, f"{settings.ingest_client_id}-api")
+    notifier = Notifier(settings.webhooks, settings.webhook_retries, settings.webhook_backoff_s)
+    evaluator = Evaluator(engine, settings.alerts, notifier, settings.alert_interval_s, clock)
+    app = create_app(
         engine,
-        settings.mqtt_url,
-        client_id=settings.ingest_client_id,
-        batch_size=settings.ingest_batch_size,
-        batch_interval=settings.ingest_batch_interval,
-        max_payload=settings.max_payload,
+        workers,
+        publisher=publisher,
+        hub=hub,
+        notifier=notifier,
+        metrics_public=settings.metrics_public,
     )
-    app = create_app(engine, ingest)
     server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
     sock = _listen(settings.api_host, settings.api_port)
     parts = [
-        asyncio.create_task(ingest.run(stop), name="ingest"),
+        *(asyncio.create_task(w.run(stop), name=f"ingest-{i}") for i, w in enumerate(workers)),
         asyncio.create_task(server.serve(sockets=[sock]), name="api"),
+        asyncio.create_task(evaluator.run(stop), name="alerts"),
+        asyncio.create_task(notifier.run(stop), name="webhooks"),
         asyncio.create_task(stop.wait(), name="stop"),
     ]
-    announcer = asyncio.create_task(_announce(server, ingest, ready)) if ready else None
+    announcer = asyncio.create_task(_announce(server, workers, ready)) if ready else None
     try:
         await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -70,6 +113,7 @@ async def serve(settings: Settings, stop: asyncio.Event, ready: asyncio.Event | 
             announcer.cancel()
         outcomes = await asyncio.gather(*parts, return_exceptions=True)
         sock.close()
+        publisher.close()
         engine.dispose()
     for outcome in outcomes:
         if isinstance(outcome, BaseException):

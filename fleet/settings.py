@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from fleet.alerts import AlertRules
 
 SETTINGS_SOURCES = (
     "Settings come from, lowest to highest priority: built-in defaults; the TOML file named by "
@@ -79,7 +82,7 @@ def mask_url(url: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MAILLE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MAILLE_", env_nested_delimiter="__", extra="ignore")
 
     database_url: str = Field(default_factory=_default_database_url)
     mqtt_url: str = "mqtt://fleet@127.0.0.1:1883"
@@ -90,11 +93,38 @@ class Settings(BaseSettings):
     ingest_batch_interval: float = 0.05
     # The broker keeps this client's persistent session: one id per fleet service sharing a broker.
     ingest_client_id: str = "maille-ingest"
+    # Several workers split the stream on `$share/<group>/…`; worker i keeps client id `<id>-<i>`.
+    ingest_workers: int = Field(1, ge=1, le=64)
+    ingest_share_group: str = Field("maille-ingest", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Where the `maille device …` commands find the API, and with which token.
+    api_url: str = "http://127.0.0.1:8000"
+    token: SecretStr | None = None
+    metrics_public: bool = True  # false: /metrics wants a token like the API
+    alert_interval_s: float = Field(10.0, gt=0)
+    alerts: AlertRules = Field(default_factory=AlertRules)
+    reboot_window_s: float = Field(3600.0, gt=0)
+    webhooks: list[str] = Field(default_factory=list)
+    webhook_retries: int = Field(5, ge=1)
+    webhook_backoff_s: float = Field(1.0, ge=0)
+    # The broker's files the fleet writes (`maille broker sync`) and the command that makes the broker
+    # re-read them, e.g. "systemctl reload mosquitto" or "kill -HUP 1234" (docs/operators.md).
+    broker_password_file: Path | None = None
+    broker_acl_file: Path | None = None
+    broker_reload: str | None = None
+    # What `maille provision` gives a node: the broker as nodes reach it (mqtt:// or mqtts://, no
+    # user; default: MAILLE_MQTT_URL's host and port), its CA certificate, the release public key,
+    # extra config.json keys (a JSON object, e.g. {"sample_interval_s": 60}), where labels go.
+    node_broker_url: str | None = None
+    node_ca_file: Path | None = None
+    release_public_key: str | None = None
+    node_config: dict[str, Any] = Field(default_factory=dict)
+    labels_dir: Path = Path("labels")
 
-    @field_validator("mqtt_url")
+    @field_validator("mqtt_url", "node_broker_url")
     @classmethod
-    def _valid_mqtt_url(cls, value: str) -> str:
-        parse_mqtt_url(value)
+    def _valid_mqtt_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_mqtt_url(value)
         return value
 
     @property

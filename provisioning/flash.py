@@ -44,7 +44,7 @@ Progress = Callable[[str, str, float | None], None]
 
 SIM_PREFIX = "sim:"
 # Left alone in a virtual board folder when it is provisioned again: its flash's runtime data.
-SIM_KEEP = ("data", "console.log", "link-down")
+SIM_KEEP = ("data", "console.log", "link-down", "board.pid")
 
 
 class ProvisionError(Exception):

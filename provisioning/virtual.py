@@ -18,6 +18,7 @@ from pathlib import Path
 
 from provisioning.tree import node_files, write_tree
 
+PID_FILE = "board.pid"  # of a board started detached (`maille provision --port sim:DIR`)
 RESET_EXIT_CODE = 75  # node.port.host.reset() exits with it; the supervisor restarts, as a chip would
 BOOT_SCRIPT = "import boot\nimport main\n"
 
@@ -160,3 +161,74 @@ class VirtualBoard:
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.console().splitlines()[-lines:])
+
+
+# --- a board that outlives the command that started it -----------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child that has exited: reaped now
+            return False
+    except ChildProcessError:
+        pass  # started by another process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def detached_pid(root: Path) -> int | None:
+    """The pid of the detached runner of the board in `root`, if it runs."""
+    try:
+        pid = int((Path(root) / PID_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def start_detached(root: Path) -> int:
+    """Run the board in a process of its own (`python -m provisioning.virtual DIR`) that keeps
+    running after the caller exits; its pid goes to DIR/board.pid for `stop_detached`."""
+    root = Path(root).resolve()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioning.virtual", str(root)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    (root / PID_FILE).write_text(str(proc.pid))
+    return proc.pid
+
+
+def stop_detached(root: Path, timeout: float = 10.0) -> bool:
+    """Stop a detached board (SIGTERM: its runner stops MicroPython); False when none ran."""
+    pid = detached_pid(root)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    (Path(root) / PID_FILE).unlink(missing_ok=True)
+    return True
+
+
+def _main(root: str) -> None:
+    board = VirtualBoard(Path(root)).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        if not board.running and not (board._supervisor and board._supervisor.is_alive()):
+            break  # MicroPython exited for good (not a reset)
+    board.stop()
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])

@@ -104,6 +104,15 @@ def boards(request):
             print(f"\n==== console of {vb.root.name} ({vb.runtime}) ====\n{vb.tail(60)}")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """`postgres_long`: a test whose PostgreSQL run adds little over SQLite's runs in `make test-long`."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if item.get_closest_marker("postgres_long") and params.get("db_url") == "postgres":
+            item.add_marker(pytest.mark.long)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     rep = yield

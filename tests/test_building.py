@@ -9,6 +9,7 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 from sqlmodel import Session
 
@@ -58,6 +59,7 @@ def truth(board_root: Path) -> list[tuple[float, float, int, int, int]]:
     return rows
 
 
+@pytest.mark.postgres_long  # the physics is the same on both databases; SQLite runs it in `make test`
 def test_classroom_school_day(fleet_service, broker, device_credentials, boards, tmp_path):
     fleet = fleet_service()
     device, pw = device_credentials()

@@ -73,7 +73,11 @@ def cfg_via(broker_or_proxy, device_id, **over) -> dict:
 
 
 @pytest.mark.parametrize(
-    "outage_s", [pytest.param(12, id="12s"), pytest.param(300, id="5min", marks=pytest.mark.long)]
+    "outage_s",
+    [
+        pytest.param(12, id="12s"),
+        pytest.param(300, id="5min", marks=[pytest.mark.long, pytest.mark.timeout(900)]),
+    ],
 )
 def test_broker_stopped_for_a_while_loses_nothing(fleet_service, fresh_broker, boards, tmp_path, outage_s):
     fleet = fleet_service(on=fresh_broker)
@@ -193,7 +197,11 @@ def test_half_open_link_is_detected_within_one_and_a_half_keepalive(fleet_servic
 
 
 @pytest.mark.parametrize(
-    "partition_s", [pytest.param(20, id="20s"), pytest.param(240, id="4min", marks=pytest.mark.long)]
+    "partition_s",
+    [
+        pytest.param(20, id="20s"),
+        pytest.param(240, id="4min", marks=[pytest.mark.long, pytest.mark.timeout(900)]),
+    ],
 )
 def test_partition_loses_nothing(fleet_service, broker, boards, tmp_path, partition_s):
     fleet = fleet_service()
@@ -226,6 +234,44 @@ def test_network_link_cut_on_the_board_loses_nothing(fleet_service, broker, boar
     assert (vb.root / "data" / "outbox").glob("*.log"), "readings taken offline went to flash"
     (vb.root / "link-down").unlink()
     target = last_sent(vb) + 10
-    wait_until(lambda: max_contiguous(fleet.engine, d) >= target, 60, what="readings after the link came back")
+    wait_until(
+        lambda: max_contiguous(fleet.engine, d) >= target, 60, what="readings after the link came back"
+    )
     vb.power_cut()
     assert_exactly_once_in_sequence(fleet.engine, d, max_contiguous(fleet.engine, d))
+
+
+def test_readings_taken_before_the_clock_is_known_get_their_true_time(
+    fleet_service, broker, boards, tmp_path
+):
+    """A node without NTP starts near 2000-01-01; it learns the time from the fleet's answer to its
+    birth and dates what it sampled before from the readings' age: never stored as 1970 or 2000."""
+    from datetime import UTC, datetime
+
+    fleet = fleet_service()
+    d, creds = add_device(broker, fleet.engine)
+    vb = boards(tmp_path / d, cfg_via(broker, d, sample_interval_s=0.2), creds)
+    (vb.root / "clock-unset").touch()
+    (vb.root / "link-down").touch()
+    started = time.time()
+    vb.start()
+    time.sleep(3)
+    (vb.root / "link-down").unlink()
+    vb.wait_for(r"time: set from the fleet's clock", 20)
+    wait_until(lambda: max_contiguous(fleet.engine, d) >= 20, 30, what="readings")
+    vb.power_cut()
+    with fleet.engine.connect() as c:
+        q = text("SELECT seq, ts FROM reading WHERE device_id = :d AND name = 'temperature' ORDER BY seq")
+        rows = c.execute(q, {"d": d}).all()
+
+    def aware(ts):  # SQLite hands back text, PostgreSQL a datetime
+        ts = datetime.fromisoformat(ts) if isinstance(ts, str) else ts
+        return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+    stamps = [(seq, aware(ts)) for seq, ts in rows]
+    first = stamps[0][1].timestamp()
+    assert stamps[0][0] == 0
+    assert abs(first - started) < 3, f"seq 0 stamped {datetime.fromtimestamp(first, UTC)}"
+    assert all(abs(ts.timestamp() - time.time()) < 120 for _, ts in stamps)  # no 1970, no 2000
+    times = [ts.timestamp() for _, ts in stamps]
+    assert times == sorted(times)

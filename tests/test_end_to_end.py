@@ -7,6 +7,7 @@ import paho.mqtt.client as mqtt
 from sqlalchemy import text
 from sqlmodel import Session
 
+from fleet.auth import Role, create_token
 from fleet.registry import register_device
 from tests.helpers import node_config, wait_until
 
@@ -16,6 +17,13 @@ def register(engine, *device_ids, site="test-site"):
         for d in device_ids:
             register_device(s, d, site, room="1.01", board="sim")
         s.commit()
+
+
+def api(fleet):
+    """An HTTP client for the fleet's API with an admin token."""
+    with Session(fleet.engine) as s:
+        secret = create_token(s, f"e2e-{id(fleet)}", Role.admin)[1]
+    return httpx.Client(base_url=fleet.api, headers={"Authorization": f"Bearer {secret}"})
 
 
 def stored_rows(engine, device_id):
@@ -35,7 +43,8 @@ def test_three_boards_every_sent_reading_is_stored_once(
     for vb in vbs:
         vb.wait_for(r"sent seq=9\b", timeout=30)
 
-    devices = httpx.get(f"{fleet.api}/api/v1/devices").json()
+    http = api(fleet)
+    devices = http.get("/api/v1/devices").json()
     by_id = {d["id"]: d for d in devices}
     assert all(by_id[d]["status"] == "online" for d, _ in creds), devices
 
@@ -44,6 +53,7 @@ def test_three_boards_every_sent_reading_is_stored_once(
     for vb, (device, _) in zip(vbs, creds, strict=True):
         sent = vb.sent_seqs()
         assert sent == sorted(set(sent)) and len(sent) >= 10
+
         def all_stored(d=device, sent=sent):
             return {s for s, _ in stored_rows(fleet.engine, d)} >= set(sent)
 
@@ -52,13 +62,11 @@ def test_three_boards_every_sent_reading_is_stored_once(
         assert len(rows) == len(set(rows)), "a reading was stored twice"
         for seq in sent:  # each telemetry message carries temperature and humidity
             assert sorted(n for s, n in rows if s == seq) == ["humidity", "temperature"]
-        readings = httpx.get(
-            f"{fleet.api}/api/v1/devices/{device}/readings", params={"metric": "temperature"}
-        ).json()
+        readings = http.get(f"/api/v1/devices/{device}/readings", params={"metric": "temperature"}).json()
         assert len(readings) >= len(sent)
 
     wait_until(
-        lambda: all(d["status"] == "offline" for d in httpx.get(f"{fleet.api}/api/v1/devices").json()),
+        lambda: all(d["status"] == "offline" for d in http.get("/api/v1/devices").json()),
         10,
         what="LWT marks the killed boards offline",
     )
@@ -86,5 +94,5 @@ def test_a_device_cannot_publish_to_another_devices_topics(fleet_service, broker
 
     wait_until(lambda: stored_rows(fleet.engine, intruder), 10, what="the intruder's own reading")
     assert stored_rows(fleet.engine, victim) == []
-    victim_row = httpx.get(f"{fleet.api}/api/v1/devices/{victim}").json()
+    victim_row = api(fleet).get(f"/api/v1/devices/{victim}").json()
     assert victim_row["status"] != "online"

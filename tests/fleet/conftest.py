@@ -11,6 +11,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from sqlmodel import Session
 
+from fleet.auth import Role, create_token
 from fleet.broker import FLEET_USER
 from fleet.db import make_engine, upgrade
 from fleet.ingest import Ingest
@@ -37,6 +38,22 @@ def clear_retained(broker, device_id: str) -> None:
         client.publish(f"maille/v1/{device_id}/{channel}", b"", qos=1, retain=True).wait_for_publish(5)
     client.disconnect()
     client.loop_stop()
+
+
+@pytest.fixture
+def token(engine):
+    """Factory: a new API token (the secret) of this role, scoped to these site slugs if given."""
+    made = iter(range(1_000_000))
+
+    def make(role: Role | str = Role.admin, *sites: str, name: str | None = None) -> str:
+        with Session(engine) as s:
+            return create_token(s, name or f"{role}-{next(made)}", Role(role), sites)[1]
+
+    return make
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.fixture

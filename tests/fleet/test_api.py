@@ -14,6 +14,7 @@ from fleet.api import create_app
 from fleet.db import make_engine
 from fleet.ingest import Ingest, Received, store_batch
 from fleet.registry import register_device
+from tests.fleet.conftest import bearer
 
 BT = int(datetime(2026, 1, 1, 12, 0, tzinfo=UTC).timestamp())
 
@@ -50,10 +51,10 @@ def fleet(engine):
 
 
 @pytest.fixture
-def client(fleet):
+def client(fleet, token):
     ingest = Ingest(fleet, "mqtt://fleet:pw@127.0.0.1:1")  # never run: its counters stay at zero
     ingest.stats.received = 12
-    return TestClient(create_app(fleet, ingest))
+    return TestClient(create_app(fleet, [ingest]), headers=bearer(token("admin")))
 
 
 def assert_problem(response, status: int, detail: str) -> None:
@@ -108,6 +109,7 @@ def test_readings_window_metric_and_limit(client):
     temps = client.get(url, params={"metric": "temperature"}).json()
     assert [r["seq"] for r in temps] == list(range(10))
     assert temps[3] == {
+        "device": "bliiida-2-14-a",
         "seq": 3,
         "name": "temperature",
         "unit": "Cel",
@@ -157,13 +159,16 @@ def test_metrics(client):
         'maille_devices{status="online"} 1',
         'maille_devices{status="provisioned"} 1',
         'maille_devices{status="offline"} 0',
+        "maille_devices_online 1",
+        "maille_alerts_open 0",
+        'maille_ingest_lag_seconds{worker="0"} 0',
         "# TYPE maille_ingest_received_total counter",
         "# TYPE maille_devices gauge",
     } <= lines
 
 
 def test_metrics_without_ingest_show_devices_only(fleet):
-    text = TestClient(create_app(fleet)).get("/metrics").text
+    text = TestClient(create_app(fleet)).get("/metrics").text  # public: no token
     assert "maille_devices{" in text and "maille_ingest" not in text
 
 
@@ -177,5 +182,8 @@ def test_openapi_documents_typed_routes(client):
         "/api/v1/rejects",
         "/metrics",
     } <= set(spec["paths"])
-    assert {"DeviceOut", "ReadingOut", "RejectOut", "Problem"} <= set(spec["components"]["schemas"])
+    assert {"DeviceOut", "ReadingOut", "BucketOut", "RejectOut", "Problem"} <= set(
+        spec["components"]["schemas"]
+    )
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert client.get("/docs").status_code == 200

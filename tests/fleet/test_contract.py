@@ -11,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.contract import (
+    Ack,
+    Cmd,
+    Config,
     Health,
     Reject,
     RejectReason,
@@ -27,9 +30,10 @@ SCHEMAS = {
     p.name.split(".")[0]: jsonschema.Draft202012Validator(json.loads(p.read_text()))
     for p in (ROOT / "docs" / "schemas").glob("*.json")
 }
-UP = {"telemetry": Telemetry, "state": State, "health": Health}
-# Channels the fleet decodes (up) or encodes (stored); other fixtures belong to later contract pages.
-KNOWN = {*UP, "stored"}
+UP = {"telemetry": Telemetry, "state": State, "health": Health, "ack": Ack}
+DOWN = {"stored": Stored, "config": Config, "cmd": Cmd}
+# Channels the fleet decodes (up) or encodes (down); other fixtures belong to later contract pages.
+KNOWN = {*UP, *DOWN}
 
 
 def channel_of(path: Path) -> str:
@@ -59,8 +63,8 @@ def test_valid_fixture_decodes_to_its_values_and_matches_schema(path):
     data = json.loads(raw)
     channel = channel_of(path)
     assert schema_accepts(channel, data)
-    if channel == "stored":
-        assert Stored.model_validate(data).model_dump(exclude_unset=True) == data
+    if channel in DOWN:
+        assert DOWN[channel].model_validate(data).model_dump(exclude_unset=True, mode="json") == data
         return
     msg = parse(f"maille/v1/bliiida-2-14-a/{channel}", raw)
     assert isinstance(msg, UP[channel])
@@ -77,6 +81,14 @@ def test_invalid_fixture_is_refused_by_parser_and_schema(path):
     assert isinstance(msg, Reject)
     assert msg.reason == RejectReason.invalid
     assert msg.detail.startswith(f"{channel}.")
+
+
+def test_ack_names_the_config_version_it_answers():
+    assert parse("maille/v1/dev-1/ack", b'{"id": "config-4", "ok": true}').config_version == 4
+    assert parse("maille/v1/dev-1/ack", b'{"id": "config", "ok": false, "error": "x"}').config_version is None
+    assert (
+        parse("maille/v1/dev-1/ack", b'{"id": "c-1", "cmd": "identify", "ok": true}').config_version is None
+    )
 
 
 def test_telemetry_values_and_times():

@@ -11,8 +11,35 @@ from sqlalchemy import inspect, text
 from sqlmodel import Session, SQLModel, select
 
 from fleet.db import make_engine, normalize_url, upgrade
-from fleet.models import Device, DeviceStatus, Reading
-from fleet.registry import device_counts, devices_by_id, ensure_site, list_devices, register_device
+from fleet.models import Building, Device, DeviceStatus, Floor, Reading, Rollup, Room
+from fleet.registry import device_counts, device_rows, devices_by_id, ensure_site, register_device
+
+TABLES = {
+    "site",
+    "building",
+    "floor",
+    "zone",
+    "room",
+    "device",
+    "device_sensor",
+    "reading",
+    "rollup",
+    "channel",
+    "alert",
+    "device_config",
+    "command",
+    "api_token",
+    "audit_log",
+    "reject",
+    "site_wifi",
+    "device_credential",
+}
+
+
+def _sqlite_inline_reference(diff) -> bool:
+    """SQLite keeps `ADD COLUMN … REFERENCES … ON DELETE SET NULL` (0002), but SQLAlchemy's reflection
+    does not read ON DELETE from an inline reference; PRAGMA foreign_key_list is checked instead."""
+    return diff[0] in ("add_fk", "remove_fk") and diff[1].table.name == "device"
 
 
 def test_migrations_create_exactly_the_models(engine):
@@ -21,15 +48,68 @@ def test_migrations_create_exactly_the_models(engine):
         diff = compare_metadata(
             MigrationContext.configure(conn, opts={"compare_type": True}), SQLModel.metadata
         )
-    assert tables == {"site", "device", "reading", "reject"}
+        if conn.dialect.name == "sqlite":
+            diff = [d for d in diff if not _sqlite_inline_reference(d)]
+            refs = {r[3]: (r[2], r[6]) for r in conn.exec_driver_sql("PRAGMA foreign_key_list(device)")}
+            assert refs == {
+                "site_id": ("site", "NO ACTION"),
+                "room_id": ("room", "SET NULL"),
+                "replaced_by": ("device", "SET NULL"),
+            }
+    assert tables == TABLES
     assert diff == []
+
+
+def test_0002_moves_devices_into_rooms_and_backfills_rollups(db_url):
+    """A database at 0001 with a device and readings comes out of 0002 with the device in a room and
+    its readings in the rollups."""
+    from alembic import command
+    from alembic.config import Config
+
+    from fleet.db import MIGRATIONS
+
+    eng = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with eng.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.execute(text("INSERT INTO site (slug, name) VALUES ('bliiida', 'BLIIIDA')"))
+        conn.execute(
+            text(
+                "INSERT INTO device (id, site_id, room, board, status, created_at) "
+                "VALUES ('dev-1', 1, '2.14', 'sim', 'online', :t)"
+            ),
+            {"t": datetime(2026, 1, 1, tzinfo=UTC)},
+        )
+        for seq, minute in enumerate([0, 0, 1]):
+            conn.execute(
+                text(
+                    "INSERT INTO reading (device_id, seq, name, value, ts, received_at) "
+                    "VALUES ('dev-1', :s, 'co2', :v, :ts, :ts)"
+                ),
+                {"s": seq, "v": 400 + seq, "ts": datetime(2026, 1, 1, 12, minute, seq, tzinfo=UTC)},
+            )
+    upgrade(eng)
+    with Session(eng) as s:
+        [row] = device_rows(s)
+        assert (row.room.name, row.site.slug, row.device.lifecycle) == ("2.14", "bliiida", "active")
+        assert s.get(Floor, row.room.floor_id).name == "0"
+        assert s.exec(select(Building)).one().slug == "main"
+        minutes = s.exec(select(Rollup).where(Rollup.resolution == "1m").order_by(Rollup.bucket)).all()
+        assert [(r.count, r.sum, r.min, r.max, r.last) for r in minutes] == [
+            (2, 801, 400, 401, 401),
+            (1, 402, 402, 402, 402),
+        ]
+        assert s.exec(select(Rollup).where(Rollup.resolution == "1d")).one().count == 3
+    eng.dispose()
 
 
 def test_upgrade_is_idempotent_and_takes_a_url(db_url, engine):
     upgrade(db_url)
     upgrade(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
 
 
 @pytest.mark.parametrize(
@@ -66,12 +146,13 @@ def test_register_device_is_idempotent_and_can_move_a_device(engine):
             first.site_id,
         )
         moved = register_device(s, "bliiida-2-14-a", "annex", "0.01", board="esp32-c3")
-        assert (moved.room, moved.board) == ("0.01", "esp32-c3")
-        [(device, site)] = list_devices(s)
-        assert site.slug == "annex" and site.name == "annex"
+        [row] = device_rows(s)
+        assert (row.room.name, moved.board, moved.room_id) == ("0.01", "esp32-c3", row.room.id)
+        assert row.site.slug == "annex" and row.site.name == "annex"
+        assert len(s.exec(select(Room)).all()) == 2  # 2.14 stays, under the first site
         assert ensure_site(s, "annex", "The Annex").name == "The Annex"
         assert set(devices_by_id(s, ["bliiida-2-14-a", "ghost"])) == {"bliiida-2-14-a"}
-        assert device_counts(s) == {"provisioned": 1, "online": 0, "offline": 0}
+        assert device_counts(s) == {"provisioned": 1, "online": 0, "offline": 0, "asleep": 0}
 
 
 def test_timestamps_come_back_as_aware_utc(engine):

@@ -7,7 +7,9 @@ import socket
 
 import httpx
 import pytest
+from sqlmodel import Session
 
+from fleet.auth import Role, create_token
 from fleet.broker import free_port
 from fleet.service import serve
 from fleet.settings import Settings
@@ -17,8 +19,10 @@ def settings_for(db_url: str, broker, port: int | None = None) -> Settings:
     return Settings(database_url=db_url, mqtt_url=broker.fleet_url, api_port=port or free_port())
 
 
-def test_serve_gets_ready_answers_and_stops(db_url, broker):
+def test_serve_gets_ready_answers_and_stops(db_url, broker, engine):
     settings = settings_for(db_url, broker)
+    with Session(engine) as s:
+        admin = create_token(s, "admin", Role.admin)[1]
 
     async def scenario() -> None:
         stop, ready = asyncio.Event(), asyncio.Event()
@@ -27,7 +31,9 @@ def test_serve_gets_ready_answers_and_stops(db_url, broker):
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}") as http:
             assert (await http.get("/healthz")).json() == {"status": "ok", "database": "ok"}
             assert "maille_ingest_received_total" in (await http.get("/metrics")).text
-            assert (await http.get("/api/v1/devices")).json() == []
+            assert (await http.get("/api/v1/devices")).status_code == 401
+            headers = {"Authorization": f"Bearer {admin}"}
+            assert (await http.get("/api/v1/devices", headers=headers)).json() == []
         stop.set()
         await asyncio.wait_for(service, 10)
 

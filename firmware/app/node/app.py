@@ -97,8 +97,10 @@ class Node:
         self.wake.set()
 
     async def sample_loop(self):
-        asyncio.create_task(self.poll_loop())
+        if self.sampler.pollers:  # only nodes with a streaming sensor pay for the 100 ms wake-ups
+            asyncio.create_task(self.poll_loop())
         while True:
+            self.live.beat("sampler", 30000)  # the loop turns at least every second (wait_ms is capped)
             self.sample()
             self.outbox.maintain()
             self.check_healthy()
@@ -109,8 +111,7 @@ class Node:
         # rings never overflow between two reads.
         while True:
             t0 = port.ticks_ms()
-            if self.sampler is not None:
-                self.sampler.poll()
+            self.sampler.poll()
             await port.sleep_ms(max(10, POLL_MS - port.ticks_diff(port.ticks_ms(), t0)))
 
     async def health_loop(self):
@@ -122,6 +123,8 @@ class Node:
             lag = port.ticks_diff(port.ticks_ms(), t0) - period
             if lag > self.loop_lag:
                 self.loop_lag = lag
+            # Offline, only the latest health waits: older ones say nothing new and cost heap.
+            self.control = [m for m in self.control if m[0] != "health"]
             self.control.append(("health", self.health()))
             self.loop_lag = 0
             self.wake.set()
@@ -152,7 +155,7 @@ class Node:
     # --- messages from the fleet ------------------------------------------------------------
     def on_message(self, topic, payload, retained):
         if topic == self.topic("stored"):
-            self.on_stored(payload)
+            self.on_stored(payload, retained)
         elif topic == self.topic("config"):
             self.on_config(payload)
         elif topic == self.topic("cmd"):
@@ -160,7 +163,14 @@ class Node:
         elif topic == self.topic("ota"):
             self.ota.on_offer(payload)
 
-    def on_stored(self, payload):
+    def on_stored(self, payload, retained=False):
+        # The fleet answers each birth with a live `stored` carrying its clock: a node without NTP
+        # sets its clock from that, never from the retained copy, which may be hours old.
+        if not retained and not port.time_synced():
+            t = codec.stored_time(payload)
+            if t:
+                port.set_time(t)
+                self.log("info", "time: set from the fleet's clock")
         seq = codec.stored_seq(payload)
         if seq is None:
             return
@@ -168,11 +178,6 @@ class Node:
         # A board that took over this identity (a replacement, a wiped flash) must not reuse
         # numbers the fleet already holds: they would be taken for repeats.
         self.seq.advance(seq + 1)
-        if not port.time_synced():
-            t = codec.stored_time(payload)
-            if t:
-                port.set_time(t)
-                self.log("info", "time: set from the fleet's clock")
 
     def on_config(self, payload):
         try:
@@ -245,8 +250,8 @@ class Node:
             if not isinstance(ppm, int) or not 300 <= ppm <= 5000:
                 raise ValueError("ppm must be an integer between 300 and 5000")
             for s in self.sensors:
-                if hasattr(s, "force_recalibration"):
-                    return {"correction_ppm": s.force_recalibration(ppm)}
+                if hasattr(s, "forced_recalibration"):
+                    return {"correction_ppm": s.forced_recalibration(ppm)}
             raise ValueError("no CO2 sensor on this node")
         if cmd == "time_sync":
             if not port.sync_time(args.get("server")):

@@ -90,9 +90,16 @@ class SCD4x:
 
         Returns the correction in ppm; raises SensorFault when the sensor reports 0xFFFF (failed).
         """
-        self.dev.command(FORCED_RECALIBRATION, int(ref_ppm))
-        hw.sleep_ms(400)
-        w = self.dev.read_words(self._buf3, self._w)[0]
+        periodic = not self.cfg["single_shot"]
+        if periodic:
+            self.stop()  # the chip takes FRC only when idle
+        try:
+            self.dev.command(FORCED_RECALIBRATION, int(ref_ppm))
+            hw.sleep_ms(400)
+            w = self.dev.read_words(self._buf3, self._w)[0]
+        finally:
+            if periodic:
+                self.start()
         if w == 0xFFFF:
             raise hw.SensorFault("scd4x: forced recalibration failed")
         return w - 0x8000
