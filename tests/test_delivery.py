@@ -72,6 +72,7 @@ def cfg_via(broker_or_proxy, device_id, **over) -> dict:
     return cfg
 
 
+@pytest.mark.postgres_long  # the node and broker are what is tested; SQLite runs it in `make test`
 @pytest.mark.parametrize(
     "outage_s",
     [
@@ -196,6 +197,7 @@ def test_half_open_link_is_detected_within_one_and_a_half_keepalive(fleet_servic
         proxy.stop()
 
 
+@pytest.mark.postgres_long  # the node and broker are what is tested; SQLite runs it in `make test`
 @pytest.mark.parametrize(
     "partition_s",
     [
