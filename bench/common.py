@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -111,7 +112,7 @@ def _raise_nofile(limit: int | None):
 class BenchBroker(LocalBroker):
     """The fleet's LocalBroker config (users, ACL, QUEUE_SETTINGS), with two bench-only knobs:
 
-    - `max_inflight`: replaces QUEUE_SETTINGS' `max_inflight_messages` (None keeps the shipped 100);
+    - `max_inflight`: replaces QUEUE_SETTINGS' `max_inflight_messages` (None keeps the shipped value);
     - the process is started with its open-file limit raised to the hard limit (10,000 nodes need
       10,000 sockets; Mosquitto's own `max_connections` is -1, unlimited, by default, so the
       process's RLIMIT_NOFILE is the real cap).
@@ -126,7 +127,9 @@ class BenchBroker(LocalBroker):
         super().write_config()
         text = self.conf_file.read_text()
         if self.max_inflight is not None:
-            text = text.replace("max_inflight_messages 100", f"max_inflight_messages {self.max_inflight}")
+            text = re.sub(
+                r"(?m)^max_inflight_messages \d+$", f"max_inflight_messages {self.max_inflight}", text
+            )
         if not self.log_connections:
             text = text.replace("connection_messages true", "connection_messages false").replace(
                 "log_type information\n", ""

@@ -24,11 +24,22 @@ from starlette.exceptions import HTTPException
 
 import fleet
 from fleet import alerts as alerts_
-from fleet import audit, auth, control, readings, registry
+from fleet import audit, auth, control, readings, registry, rollouts
 from fleet.auth import Perm, Principal, require
 from fleet.contract import ConfigSettings, describe_errors
 from fleet.db import get_session
-from fleet.models import ApiToken, Channel, Command, Device, DeviceConfig, DeviceSensor, as_utc, utcnow
+from fleet.models import (
+    ApiToken,
+    Channel,
+    Command,
+    Device,
+    DeviceConfig,
+    DeviceSensor,
+    Release,
+    Rollout,
+    as_utc,
+    utcnow,
+)
 from fleet.registry import PlaceKind
 from fleet.schemas import (
     AlertOut,
@@ -565,6 +576,87 @@ def ops_router() -> APIRouter:
     return router
 
 
+def rollout_router() -> APIRouter:
+    """Releases (read) and rollouts: plan one, follow it, pause, resume, abort (fleet.rollouts)."""
+    router = APIRouter(prefix="/api/v1", tags=["rollouts"])
+    Controller = Annotated[Principal, require(Perm.device_control)]
+
+    def visible(session: Session, caller: Principal, rollout_id: int) -> Rollout:
+        rollout = session.get(Rollout, rollout_id)
+        if rollout is None:
+            raise _not_found("rollout", rollout_id)
+        for site_id in rollouts.rollout_sites(session, rollout):
+            caller.check_site(site_id)
+        return rollout
+
+    @router.get("/releases")
+    def list_releases(session: SessionDep, caller: Reader) -> list[Release]:
+        """Published releases, newest first."""
+        return list(session.exec(select(Release).order_by(Release.id.desc())))
+
+    @router.post("/rollouts", status_code=201, responses=problem_responses(403, 404, 422))
+    def create_rollout(
+        body: rollouts.RolloutSpec,
+        request: Request,
+        response: Response,
+        session: SessionDep,
+        caller: Controller,
+    ) -> rollouts.RolloutOut:
+        """Plan the rollout (its devices and waves) and start it; the engine sends the offers."""
+        try:
+            rollout = rollouts.create_rollout(session, body, caller.name, site_ids=caller.site_ids)
+        except LookupError as e:
+            raise HTTPException(404, str(e)) from None
+        except PermissionError as e:
+            raise HTTPException(403, str(e)) from None
+        _nudge(request)
+        response.headers["Location"] = f"/api/v1/rollouts/{rollout.id}"
+        return rollouts.describe(session, rollout)
+
+    @router.get("/rollouts")
+    def list_rollouts(session: SessionDep, caller: Reader) -> list[rollouts.RolloutOut]:
+        found = session.exec(select(Rollout).order_by(Rollout.id))
+        return [
+            rollouts.describe(session, r)
+            for r in found
+            if all(caller.sees(s) for s in rollouts.rollout_sites(session, r))
+        ]
+
+    @router.get("/rollouts/{rollout_id}", responses=problem_responses(403, 404))
+    def get_rollout(rollout_id: int, session: SessionDep, caller: Reader) -> rollouts.RolloutOut:
+        return rollouts.describe(session, visible(session, caller, rollout_id))
+
+    def action(name: str):
+        @router.post(f"/rollouts/{{rollout_id}}/{name}", responses=problem_responses(403, 404, 409, 503))
+        def act(
+            rollout_id: int, request: Request, response: Response, session: SessionDep, caller: Controller
+        ) -> rollouts.RolloutOut:
+            rollout = visible(session, caller, rollout_id)
+            publish = _publisher(request).publish if name == "abort" else None
+            try:
+                rollouts.change(session, rollout, name, caller.name, publish, request.app.state.clock())
+            except rollouts.RolloutError as e:
+                raise HTTPException(409, str(e)) from None
+            _nudge(request)
+            return rollouts.describe(session, rollout)
+
+        act.__name__ = f"{name}_rollout"
+        act.__doc__ = {
+            "pause": "No new offers; the devices updating now finish.",
+            "resume": "Carry on where it paused.",
+            "abort": "Stop for good and withdraw the retained offers of the devices not done.",
+        }[name]
+
+    def _nudge(request: Request) -> None:
+        engine, loop = request.app.state.rollouts, request.app.state.loop
+        if engine is not None and loop is not None:
+            request.app.state.loop.call_soon_threadsafe(engine.nudge)
+
+    for name in ("pause", "resume", "abort"):
+        action(name)
+    return router
+
+
 PLACE_ROUTES = [
     (registry.SITES, SiteIn, SitePatch),
     (registry.BUILDINGS, BuildingIn, BuildingPatch),
@@ -582,6 +674,7 @@ def create_app(
     hub: Hub | None = None,
     notifier: alerts_.Notifier | None = None,
     metrics_public: bool = True,
+    clock=utcnow,
 ) -> FastAPI:
     """The API over `engine`; the ingest workers, publisher, hub and notifier of the same process
     when there are (an API-only process answers 503 where it would need them)."""
@@ -591,6 +684,9 @@ def create_app(
     app.state.publisher = publisher
     app.state.hub = hub
     app.state.notifier = notifier
+    app.state.clock = clock
+    app.state.rollouts = None  # the rollout engine, when this process runs one (nudged on changes)
+    app.state.loop = None  # the event loop it runs in
 
     @app.exception_handler(HTTPException)
     async def _http_problem(_request: Request, exc: HTTPException) -> JSONResponse:
@@ -632,4 +728,5 @@ def create_app(
         app.include_router(place_router(kind, create_model, patch_model))
     app.include_router(device_router())
     app.include_router(ops_router())
+    app.include_router(rollout_router())
     return app

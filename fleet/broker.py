@@ -36,9 +36,13 @@ pattern read maille/v1/%u/ota
 
 # Production-fit limits: a persistent ingest session may hold a large queue while ingest restarts,
 # and the queue is saved to disk often (Mosquitto's defaults: 1,000 messages, every 30 minutes).
+# max_inflight_messages: ingest acknowledges a QoS 1 message only once its batch is committed, and
+# Mosquitto sends a client at most this many unacknowledged messages. It must be at least 2 × the
+# ingest batch size (500): one batch being stored while the next fills. At 100, a batch could never
+# hold more than 100 messages and receiving stalled during every commit.
 QUEUE_SETTINGS = """\
 max_queued_messages 1000000
-max_inflight_messages 100
+max_inflight_messages 1000
 max_packet_size 65536
 persistence true
 autosave_interval 5

@@ -338,3 +338,226 @@ def device_config(
     typer.echo(json.dumps(body))
     if body.get("error"):
         raise typer.Exit(1)
+
+
+rollout_app = typer.Typer(
+    help="Roll a published release out to devices in waves, through the fleet's API "
+    "(MAILLE_API_URL, MAILLE_TOKEN).",
+    no_args_is_help=True,
+)
+app.add_typer(rollout_app, name="rollout")
+
+
+@release_app.command("publish")
+def release_publish(
+    bundle: Path = typer.Argument(..., help="A signed bundle folder (from `maille release sign`)."),
+) -> None:
+    """Check a signed bundle against the fleet's release public key(s), store it in the bundle store
+    (MAILLE_BUNDLE_DIR) and register it; the fleet's bundle server then serves it to the nodes."""
+    from sqlmodel import Session
+
+    from fleet import bundles
+
+    settings = get_settings()
+    engine = _engine()
+    try:
+        with Session(engine) as s:
+            rel = bundles.publish(s, settings.bundle_dir, bundle, settings.release_keys, "cli")
+            typer.echo(
+                f"published: release {rel.version} for {rel.arch}{' (rollback)' if rel.rollback else ''}, "
+                f"{rel.files} files, {rel.size} bytes, manifest sha256 {rel.manifest_sha256[:16]}…, "
+                f"signed by {rel.key_id}\n  {bundles.manifest_url(settings.bundle_base_url, rel)}"
+            )
+    except (bundles.PublishError, ValueError, OSError) as e:
+        typer.secho(f"maille: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+def _csv(values: list[str] | None) -> list[str]:
+    return [v.strip() for item in values or () for v in item.split(",") if v.strip()]
+
+
+def _windows(items: list[str] | None) -> dict:
+    """SITE=HH:MM-HH:MM[@TZ] (repeat): maintenance windows per site."""
+    out: dict[str, list[dict]] = {}
+    for item in items or ():
+        site, sep, rest = item.partition("=")
+        span, _, tz = rest.partition("@")
+        start, dash, end = span.partition("-")
+        if not sep or not dash:
+            raise typer.BadParameter(f"{item!r} is not SITE=HH:MM-HH:MM[@TZ]", param_hint="--window")
+        out.setdefault(site, []).append({"start": start, "end": end, **({"tz": tz} if tz else {})})
+    return out
+
+
+@rollout_app.command("create")
+def rollout_create(
+    release: str = typer.Option(..., "--release", help="The published release's version."),
+    arch: str = typer.Option(None, "--arch", help="When the version is published for several."),
+    site: list[str] = typer.Option(None, "--site", help="Target devices of these sites (repeat or a,b)."),
+    building: list[str] = typer.Option(None, "--building", help="… of these buildings (slugs)."),
+    board: list[str] = typer.Option(None, "--board", help="… with these boards."),
+    tag: list[str] = typer.Option(None, "--tag", help="… with any of these tags."),
+    from_version: list[str] = typer.Option(None, "--from-version", help="… running these versions now."),
+    device: list[str] = typer.Option(None, "--device", help="… these devices."),
+    canary: int = typer.Option(1, "--canary", min=1, help="Devices in the first wave."),
+    waves: str = typer.Option("50,100", "--waves", help="Then waves up to these cumulative percentages."),
+    success: float = typer.Option(0.9, "--success", help="Fraction of a wave that must confirm to advance."),
+    failure: float = typer.Option(0.2, "--failure", help="Fraction of a wave failing that halts everything."),
+    timeout: float = typer.Option(1800, "--timeout", help="Seconds a device may take."),
+    retries: int = typer.Option(1, "--retries", help="Offers again after a failure or a timeout."),
+    site_cap: int = typer.Option(5, "--site-cap", help="Devices updating at once per site."),
+    jitter: float = typer.Option(60, "--jitter", help="Random start delay per device, up to this many s."),
+    window: list[str] = typer.Option(None, "--window", help="SITE=HH:MM-HH:MM[@TZ]: allowed window."),
+    gate: float = typer.Option(
+        600, "--gate", help="Seconds updated nodes have to publish every channel again."
+    ),
+    name: str = typer.Option("", "--name", help="A name to find it by."),
+    watch: bool = typer.Option(False, "--watch", help="Then show its progress live."),
+) -> None:
+    """Plan a rollout (devices and waves) and start it."""
+    body = {
+        "release": release,
+        "name": name,
+        "targets": {
+            "sites": _csv(site),
+            "buildings": _csv(building),
+            "boards": _csv(board),
+            "tags": _csv(tag),
+            "versions": _csv(from_version),
+            "devices": _csv(device),
+        },
+        "canary": canary,
+        "waves": [float(w) for w in waves.split(",")],
+        "success_threshold": success,
+        "failure_threshold": failure,
+        "timeout_s": timeout,
+        "retries": retries,
+        "site_cap": site_cap,
+        "start_jitter_s": jitter,
+        "windows": _windows(window),
+        "gate_s": gate,
+        **({"arch": arch} if arch else {}),
+    }
+    with _api() as http:
+        made = _call(http.post("/api/v1/rollouts", json=body))
+    typer.echo(
+        f"maille: rollout {made['id']} of {made['release']}: {len(made['targets'])} devices in "
+        f"{len(made['waves'])} waves ({', '.join(str(w['size']) for w in made['waves'])})"
+    )
+    if watch:
+        rollout_status(made["id"], watch=True, as_json=False, interval=2.0)
+
+
+def _rollout_view(r: dict):
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    colour = {"running": "cyan", "paused": "yellow", "completed": "green", "halted": "red", "aborted": "red"}
+    head = Table.grid(padding=(0, 1))
+    total = len(r["targets"])
+    done = r["counts"].get("confirmed", 0)
+    head.add_row(
+        f"[bold]rollout {r['id']}[/] {r['name']} release {r['release']} ({r['arch']})",
+        f"[{colour.get(r['status'], 'white')}]{r['status']}[/]",
+        f"{done}/{total} confirmed",
+    )
+    if r["reason"]:
+        head.add_row(f"[red]{r['reason']}", "", "")
+    waves = Table("wave", "size", "status", "progress", "outcomes", box=None)
+    for w in r["waves"]:
+        ok = w["counts"].get("confirmed", 0)
+        waves.add_row(
+            str(w["index"]) + (" (canary)" if w["index"] == 0 else ""),
+            str(w["size"]),
+            w["status"],
+            ProgressBar(total=w["size"], completed=ok, width=24),
+            ", ".join(f"{k} {v}" for k, v in sorted(w["counts"].items())),
+        )
+    devices = Table("device", "wave", "state", "node", "attempt", "running", "reason", box=None)
+    for t in r["targets"]:
+        if t["state"] in ("pending", "cancelled") and not t["attempt"]:
+            continue
+        node = t["node_state"] or ""
+        if t["node_state"] == "downloading" and t["progress"] is not None:
+            node += f" {t['progress']}%"
+        devices.add_row(
+            t["device"],
+            str(t["wave"]),
+            t["state"],
+            node,
+            str(t["attempt"]),
+            t["running"] or "",
+            (t["reason"] or "")[:60],
+        )
+    return Group(head, waves, devices)
+
+
+@rollout_app.command("status")
+def rollout_status(
+    rollout_id: int = typer.Argument(None, help="Rollout id (default: list them all)."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Live view until it ends (Ctrl-C leaves)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the API's JSON."),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes with --watch."),
+) -> None:
+    """Where a rollout stands: its waves, each device's update, why it halted."""
+    import json
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(highlight=False)
+    with _api() as http:
+        if rollout_id is None:
+            found = _call(http.get("/api/v1/rollouts"))
+            if as_json:
+                typer.echo(json.dumps(found))
+                return
+            for r in found:
+                console.print(
+                    f"{r['id']:>4}  {r['release']:<10} {r['status']:<10} wave {r['wave']}  "
+                    f"{r['counts'].get('confirmed', 0)}/{len(r['targets'])} confirmed  {r['name']}"
+                )
+            return
+        url = f"/api/v1/rollouts/{rollout_id}"
+        r = _call(http.get(url))
+        if as_json:
+            typer.echo(json.dumps(r))
+        elif not watch:
+            console.print(_rollout_view(r))
+        else:
+            with Live(_rollout_view(r), console=console, refresh_per_second=4) as live:
+                while r["status"] in ("running", "paused"):
+                    time.sleep(interval)
+                    r = _call(http.get(url))
+                    live.update(_rollout_view(r))
+    if r["status"] in ("halted", "aborted"):
+        raise typer.Exit(1)
+
+
+def _rollout_action(rollout_id: int, action: str) -> None:
+    with _api() as http:
+        r = _call(http.post(f"/api/v1/rollouts/{rollout_id}/{action}"))
+    typer.echo(f"maille: rollout {r['id']} is {r['status']}")
+
+
+@rollout_app.command("pause")
+def rollout_pause(rollout_id: int = typer.Argument(...)) -> None:
+    """No new offers; devices updating now finish."""
+    _rollout_action(rollout_id, "pause")
+
+
+@rollout_app.command("resume")
+def rollout_resume(rollout_id: int = typer.Argument(...)) -> None:
+    """Carry on where it paused."""
+    _rollout_action(rollout_id, "resume")
+
+
+@rollout_app.command("abort")
+def rollout_abort(rollout_id: int = typer.Argument(...)) -> None:
+    """Stop for good; the retained offers of the devices not done are withdrawn."""
+    _rollout_action(rollout_id, "abort")

@@ -204,6 +204,50 @@ class Cmd(_Payload):
     expires: Int | None = None
 
 
+OtaState = Literal[
+    "offered",
+    "downloading",
+    "verifying",
+    "installed",
+    "rebooting",
+    "trial",
+    "confirmed",
+    "rolled_back",
+    "failed",
+]
+OTA_STATUS = "ota/status"  # not in UP_CHANNELS: the rollout engine takes it (fleet/rollouts.py)
+VERSION_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,6}){0,3}$"
+
+
+class OtaStatus(_Uplink):
+    """Where an update stands on the node (ota_status.schema.json)."""
+
+    state: OtaState
+    version: Annotated[str, Field(max_length=32)]
+    running: Annotated[str, Field(max_length=32)]
+    slot: Literal["a", "b"] | None = None
+    progress: Annotated[Int, Field(ge=0, le=100)] | None = None
+    reason: Annotated[str, Field(max_length=200)] | None = None
+    ts: Int | None = None
+
+    @model_validator(mode="after")
+    def _conditional_fields(self) -> Self:
+        if self.state in ("failed", "rolled_back") and self.reason is None:
+            raise ValueError(f"reason: required when state is {self.state}")
+        if self.state == "downloading" and self.progress is None:
+            raise ValueError("progress: required when state is downloading")
+        return self
+
+
+class Ota(_Payload):
+    """fleet → node, retained: the release the fleet wants the node to run (ota.schema.json)."""
+
+    version: Annotated[str, Field(pattern=VERSION_PATTERN)]
+    url: Annotated[str, Field(pattern=r"^https?://[^/]+/", max_length=512)]
+    rollback: bool | None = None
+    attempt: Count | None = None
+
+
 MODELS: dict[str, type[_Uplink]] = {"telemetry": Telemetry, "state": State, "health": Health, "ack": Ack}
 
 
@@ -283,3 +327,27 @@ def parse(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> Uplink 
         return MODELS[channel].received(device_id, data)
     except ValidationError as e:
         return reject(RejectReason.invalid, describe_errors(e.errors(), channel))
+
+
+def parse_ota_status(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> OtaStatus | Reject:
+    """Decode one `maille/v1/<id>/ota/status` message, or say why it is refused."""
+    device_id = topic[len(TOPIC_PREFIX) :].partition("/")[0] if topic.startswith(TOPIC_PREFIX) else ""
+    if not DEVICE_ID.match(device_id) or topic != topic_of(device_id, OTA_STATUS):
+        detail = f"not a maille/v1/<device_id>/{OTA_STATUS} topic"
+        return Reject(RejectReason.bad_topic, detail, topic, payload)
+
+    def reject(reason: RejectReason, detail: str) -> Reject:
+        return Reject(reason, detail, topic, payload, device_id)
+
+    if len(payload) > max_payload:
+        return reject(RejectReason.oversized, f"{len(payload)} bytes, limit {max_payload}")
+    try:
+        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as e:
+        return reject(RejectReason.bad_json, f"{type(e).__name__}: {e}"[:512])
+    if not isinstance(data, dict):
+        return reject(RejectReason.bad_json, f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return OtaStatus.received(device_id, data)
+    except ValidationError as e:
+        return reject(RejectReason.invalid, describe_errors(e.errors(), "ota_status"))

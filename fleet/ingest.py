@@ -18,17 +18,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import aiomqtt
-from sqlalchemy import Engine, delete, func, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, bindparam, delete, func
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
 from fleet import contract, control, presence, rollups
 from fleet.contract import Ack, RejectReason, Stored, Telemetry, Uplink
-from fleet.models import REJECTS_KEPT, Device, Lifecycle, Reading, Reject, utcnow
+from fleet.models import REJECTS_KEPT, Device, Lifecycle, Reject, utcnow
 from fleet.presence import PresenceRules
 from fleet.registry import devices_by_id
-from fleet.settings import mask_url, parse_mqtt_url
+from fleet.settings import MqttTarget, mask_url, parse_mqtt_url
 from fleet.stream import Event, Hub
 
 log = logging.getLogger("maille.ingest")
@@ -45,10 +44,6 @@ def subscriptions(worker: int, workers: int, group: str) -> list[tuple[str, int]
         return SUBSCRIPTIONS
     shared = [(f"$share/{group}/maille/v1/+/{channel}", 1) for channel in SHARED_CHANNELS]
     return shared + ([("maille/v1/+/state", 1)] if worker == 0 else [])
-
-
-INSERT_CHUNK = 500  # rows per INSERT statement, well under SQLite's bound-parameter limit
-DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 @dataclass(frozen=True)
@@ -92,132 +87,184 @@ class IngestStats:
         self.lag_s = max(0.0, (committed - oldest).total_seconds())
 
 
+_device = Device.__table__.c
+REGISTERED = select(_device.id, _device.site_id).where(_device.id.in_(bindparam("ids", expanding=True)))
+WATERMARKS = select(_device.id, _device.stored_seq).where(_device.id.in_(bindparam("ids", expanding=True)))
+READING_COLUMNS = "device_id, seq, name, unit, value, ts, received_at"
+# SQLite: one prepared statement run by executemany; its summed rowcount says whether every row was
+# new (the usual case), else the batch is replayed row by row inside a savepoint (see _insert_readings).
+SQLITE_INSERT = (
+    f"INSERT INTO reading ({READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (device_id, seq, name) DO NOTHING"
+)
+# PostgreSQL: the whole batch as one array per column, one statement, RETURNING the new keys.
+PG_INSERT = (
+    f"INSERT INTO reading ({READING_COLUMNS}) "
+    "SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::varchar[], %s::varchar[], "
+    "%s::float8[], %s::timestamptz[], %s::timestamptz[]) "
+    "ON CONFLICT (device_id, seq, name) DO NOTHING RETURNING device_id, seq, name"
+)
+# Devices that sent only telemetry in a batch are updated without the ORM: last seen, lifecycle, and
+# the watermark, which only goes up, also when two ingest workers commit for one device at once (the
+# database takes the maximum, not the value this transaction read).
+_SEEN = "last_seen = {ph}, lifecycle = CASE WHEN lifecycle = 'provisioned' THEN 'active' ELSE lifecycle END"
+_RAISE = "stored_seq = {greatest}(coalesce(stored_seq, -1), {ph})"
+DEVICE_SEEN_SQL = {
+    "sqlite": f"UPDATE device SET {_SEEN}, {_RAISE} WHERE id = ?".format(ph="?", greatest="max"),
+    "postgresql": f"UPDATE device SET {_SEEN}, {_RAISE} WHERE id = %s".format(ph="%s", greatest="greatest"),
+}
+DEVICE_RAISE_SQL = {
+    "sqlite": f"UPDATE device SET {_RAISE} WHERE id = ?".format(ph="?", greatest="max"),
+    "postgresql": f"UPDATE device SET {_RAISE} WHERE id = %s".format(ph="%s", greatest="greatest"),
+}
+
+
 def store_batch(
-    session: Session, batch: Sequence[Received], rules: PresenceRules | None = None
+    session: Session, batch: Sequence[Received], rules: PresenceRules | None = None, *, events: bool = True
 ) -> BatchResult:
     """Apply a batch in one transaction: readings (idempotent) with their rollups and channels,
-    presence, health, acks, rejects."""
+    presence, health, acks, rejects. `events=False` skips building live-stream events (no hub)."""
     rules = rules or PresenceRules()
     result = BatchResult()
-    devices = devices_by_id(session, {r.msg.device_id for r in batch if r.accepted})
-    rows: list[dict] = []
+    conn = session.connection()
+    dialect = conn.dialect.name
+    # (device id read once per message: pydantic's private-attribute access is slow)
+    owners = [None if isinstance(r.msg, contract.Reject) else r.msg.device_id for r in batch]
+    accepted = set(owners) - {None}
+    sites = dict(conn.execute(REGISTERED, {"ids": sorted(accepted)}).all()) if accepted else {}
+    # Devices with a state, health or ack in the batch go through the ORM (presence, control);
+    # devices that sent only telemetry, the hot path, are updated with one executemany.
+    heavy_ids = {
+        d for r, d in zip(batch, owners, strict=True) if d in sites and not isinstance(r.msg, Telemetry)
+    }
+    heavy = devices_by_id(session, heavy_ids) if heavy_ids else {}
+    rows: list[tuple] = []
     rejects: list[contract.Reject] = []
     acks: list[tuple[Ack, datetime]] = []
     top_seq: dict[str, int] = {}
+    seen: dict[str, datetime] = {}
     births: set[str] = set()
-    for r in batch:
+    base: dict[float, datetime] = {}  # bt → its time: records without an offset share it
+    for r, device_id in zip(batch, owners, strict=True):
         msg = r.msg
-        if not isinstance(msg, contract.Reject) and msg.device_id not in devices:
-            msg = contract.Reject(
-                RejectReason.unknown_device,
-                f"device {msg.device_id!r} is not registered",
-                r.topic,
-                r.payload,
-                msg.device_id,
-            )
         if isinstance(msg, contract.Reject):
             rejects.append(msg)
             continue
-        device = devices[msg.device_id]
-        device.last_seen = r.at
-        if device.lifecycle == Lifecycle.provisioned:
-            device.lifecycle = Lifecycle.active
+        if device_id not in sites:
+            rejects.append(
+                contract.Reject(
+                    RejectReason.unknown_device,
+                    f"device {device_id!r} is not registered",
+                    r.topic,
+                    r.payload,
+                    device_id,
+                )
+            )
+            continue
         result.stored_messages += 1
+        device = heavy.get(device_id)
+        if device is None:
+            seen[device_id] = r.at
+        else:
+            device.last_seen = r.at
+            if device.lifecycle == Lifecycle.provisioned:
+                device.lifecycle = Lifecycle.active
         if isinstance(msg, Telemetry):
-            rows.extend(_reading_rows(msg, r.at))
-            top_seq[device.id] = max(top_seq.get(device.id, -1), msg.seq)
+            at, seq = r.at, msg.seq
+            for rec in msg.e:
+                ts = base.get(msg.bt) if not rec.t else None
+                if ts is None:
+                    ts = msg.time_of(rec)
+                    if not rec.t:
+                        base[msg.bt] = ts
+                rows.append((device_id, seq, rec.n, rec.u, rec.v, ts, at))
+            if seq > top_seq.get(device_id, -1):
+                top_seq[device_id] = seq
         elif isinstance(msg, contract.State):
             presence.apply_state(device, msg, r.at, rules)
             if msg.state == "online":
-                births.add(device.id)  # answered with `stored`: the watermark and the fleet's clock
+                births.add(device_id)  # answered with `stored`: the watermark and the fleet's clock
         elif isinstance(msg, Ack):
             acks.append((msg, r.at))
         else:
             presence.apply_health(device, msg)
-    new = _insert_readings(session, rows)
+    # Devices first, in id order, as every worker does (concurrent workers lock rows in one order):
+    # the ORM's (their flush cannot overwrite the watermark: it writes only what it changed), then the
+    # raw updates. On SQLite this first write also opens the transaction and takes the write lock.
+    session.flush()
+    t = rollups.db_time(dialect)
+    if seen:
+        conn.exec_driver_sql(DEVICE_SEEN_SQL[dialect], [(t(seen[d]), top_seq[d], d) for d in sorted(seen)])
+    raised = sorted(d for d in top_seq if d not in seen)
+    if raised:
+        conn.exec_driver_sql(DEVICE_RAISE_SQL[dialect], [(top_seq[d], d) for d in raised])
+    new = _insert_readings(conn, rows)
     result.stored_readings = len(new)
     if new:
-        rollups.upsert(
-            session, rollups.aggregate((n["device_id"], n["name"], n["value"], n["ts"]) for n in new)
-        )
+        rollups.upsert(session, rollups.aggregate((n[0], n[2], n[4], n[5]) for n in new))
         presence.update_channels(session, new)
-        result.events = [_event(n, devices[n["device_id"]].site_id) for n in new]
+        if events:
+            result.events = [_event(n, sites[n[0]]) for n in new]
     for msg, at in acks:
-        control.apply_ack(session, msg, devices[msg.device_id], at)
-    _raise_watermarks(session, top_seq)
+        control.apply_ack(session, msg, heavy[msg.device_id], at)
     _insert_rejects(session, rejects)
     result.rejected.update(str(rej.reason) for rej in rejects)
     session.flush()
     if top_seq or births:
-        result.watermarks = dict(
-            session.exec(
-                select(Device.id, Device.stored_seq).where(col(Device.id).in_(set(top_seq) | births))
-            ).all()
-        )
+        result.watermarks = dict(conn.execute(WATERMARKS, {"ids": sorted(set(top_seq) | births)}).all())
     session.commit()
     return result
 
 
-def _reading_rows(msg: Telemetry, at: datetime) -> list[dict]:
-    return [
-        {
-            "device_id": msg.device_id,
-            "seq": msg.seq,
-            "name": rec.n,
-            "unit": rec.u,
-            "value": rec.v,
-            "ts": msg.time_of(rec),
-            "received_at": at,
-        }
-        for rec in msg.e
-    ]
+def _event(row: tuple, site_id: int) -> Event:
+    device_id, seq, name, unit, value, ts, _ = row
+    data = {"device": device_id, "seq": seq, "name": name, "unit": unit, "value": value, "ts": ts.isoformat()}
+    return Event(device_id, site_id, data)
 
 
-def _event(row: dict, site_id: int) -> Event:
-    data = {
-        "device": row["device_id"],
-        "seq": row["seq"],
-        "name": row["name"],
-        "unit": row["unit"],
-        "value": row["value"],
-        "ts": row["ts"].isoformat(),
-    }
-    return Event(row["device_id"], site_id, data)
+def _insert_readings(conn: Connection, rows: list[tuple]) -> list[tuple]:
+    """INSERT … ON CONFLICT DO NOTHING; returns the rows that were new, each key once (a key repeated
+    within the batch is inserted once, from its first row)."""
+    if not rows:
+        return []
+    unique: dict[tuple, tuple] = {}
+    for row in rows:
+        unique.setdefault((row[0], row[1], row[2]), row)
+    rows = list(unique.values())
+    if conn.dialect.name == "postgresql":
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        columns[4] = [float(v) for v in columns[4]]  # an int value (1 for 1.0) would make a mixed list
+        fresh = {tuple(key) for key in conn.exec_driver_sql(PG_INSERT, tuple(columns))}
+        return [r for r in rows if (r[0], r[1], r[2]) in fresh]
+    t = rollups.db_time("sqlite")
+    text: dict[datetime, str] = {}  # many rows share a time (a message's records, a batch's receipt)
 
+    def fmt(dt: datetime) -> str:
+        out = text.get(dt)
+        if out is None:
+            out = text[dt] = t(dt)
+        return out
 
-def _raise_watermarks(session: Session, top_seq: dict[str, int]) -> None:
-    """stored_seq only goes up, also when two ingest workers commit for one device at once: the
-    database takes the maximum, not the value this transaction read."""
-    greatest = func.max if session.get_bind().dialect.name == "sqlite" else func.greatest
-    for device_id in sorted(top_seq):
-        session.exec(
-            update(Device)
-            .where(Device.id == device_id)
-            .values(stored_seq=greatest(func.coalesce(Device.stored_seq, -1), top_seq[device_id]))
-            .execution_options(synchronize_session=False)
-        )
-
-
-def _insert_readings(session: Session, rows: list[dict]) -> list[dict]:
-    """INSERT … ON CONFLICT DO NOTHING; returns the rows that were new (RETURNING gives only those,
-    where rowcount is not reliable across drivers)."""
-    insert = DIALECT_INSERT[session.get_bind().dialect.name]
-    new: list[dict] = []
-    for start in range(0, len(rows), INSERT_CHUNK):
-        chunk = rows[start : start + INSERT_CHUNK]
-        stmt = (
-            insert(Reading)
-            .values(chunk)
-            .on_conflict_do_nothing(index_elements=["device_id", "seq", "name"])
-            .returning(Reading.device_id, Reading.seq, Reading.name)
-        )
-        fresh = {tuple(key) for key in session.exec(stmt).all()}
-        for r in chunk:  # a key repeated within the batch was inserted once, from its first row
-            key = (r["device_id"], r["seq"], r["name"])
-            if key in fresh:
-                fresh.discard(key)
-                new.append(r)
-    return new
+    bound = [(d, seq, n, u, v, fmt(ts), fmt(at)) for d, seq, n, u, v, ts, at in rows]
+    if not conn.connection.driver_connection.in_transaction:
+        conn.exec_driver_sql("BEGIN")  # else the savepoint would be the transaction, and RELEASE commit it
+    conn.exec_driver_sql("SAVEPOINT ingest_readings")
+    if conn.exec_driver_sql(SQLITE_INSERT, bound).rowcount == len(bound):
+        conn.exec_driver_sql("RELEASE SAVEPOINT ingest_readings")
+        return rows  # every row was new: the usual case
+    # Some were stored already (a redelivery): undo, and replay row by row to learn which.
+    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT ingest_readings")
+    conn.exec_driver_sql("RELEASE SAVEPOINT ingest_readings")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        new = []
+        for row, params in zip(rows, bound, strict=True):
+            cursor.execute(SQLITE_INSERT, params)
+            if cursor.rowcount == 1:
+                new.append(row)
+        return new
+    finally:
+        cursor.close()
 
 
 def _insert_rejects(session: Session, rejects: list[contract.Reject]) -> None:
@@ -238,6 +285,20 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
+
+
+def fleet_client(target: MqttTarget, client_id: str) -> aiomqtt.Client:
+    """The fleet's MQTT connection: its broker account, a persistent session, TLS when mqtts://."""
+    return aiomqtt.Client(
+        target.host,
+        target.port,
+        username=target.username,
+        password=target.password,
+        identifier=client_id,
+        clean_session=False,
+        keepalive=30,
+        tls_context=ssl.create_default_context() if target.tls else None,
+    )
 
 
 class Ingest:
@@ -292,16 +353,7 @@ class Ingest:
             await _sleep_unless(stop, self.reconnect_interval)
 
     def _client(self) -> aiomqtt.Client:
-        client = aiomqtt.Client(
-            self.target.host,
-            self.target.port,
-            username=self.target.username,
-            password=self.target.password,
-            identifier=self.client_id,
-            clean_session=False,
-            keepalive=30,
-            tls_context=ssl.create_default_context() if self.target.tls else None,
-        )
+        client = fleet_client(self.target, self.client_id)
         # aiomqtt 2.x has no public switch for paho's manual acknowledgement, so we reach its paho
         # client (`_client`). With it, PUBACK goes out only after the batch holding the message is
         # committed (see `_commit`); without it, paho would acknowledge on receipt and a crash before
@@ -310,33 +362,71 @@ class Ingest:
         return client
 
     async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Gather messages into batches; commit on size, on age, and on stop."""
+        """Gather messages into batches; commit on size, on age, and on stop.
+
+        Receiving and storing overlap: while one batch is stored (in a thread, committed, then its
+        messages acknowledged in order), the next one is gathered. Only one batch is stored at a time,
+        so batches commit and are acknowledged in the order they were received."""
         loop = asyncio.get_running_loop()
+        # aiomqtt's queue of received messages (private, like `_client` below): what is already
+        # queued is taken without a task and an `asyncio.wait` per message; the iterator is awaited
+        # only when the queue is empty (it also raises MqttError once disconnected), and while it is
+        # awaited the queue is left to it, so messages keep their order.
+        queue: asyncio.Queue[aiomqtt.Message] = client._queue
         messages = aiter(client.messages)
-        incoming = asyncio.ensure_future(anext(messages))
+        incoming: asyncio.Future | None = None
         stopping = asyncio.ensure_future(stop.wait())
+        storing: asyncio.Task | None = None  # the batch being stored, if any
         batch: list[tuple[aiomqtt.Message, Received]] = []
         deadline = 0.0
+
+        def take(message: aiomqtt.Message) -> None:
+            nonlocal deadline
+            if not batch:
+                deadline = loop.time() + self.batch_interval
+            batch.append((message, self._decode(message)))
+            self.stats.received += 1
+
         try:
             while True:
-                timeout = max(0.0, deadline - loop.time()) if batch else None
-                await asyncio.wait((incoming, stopping), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if incoming.done():
+                if incoming is not None and incoming.done():
                     message = incoming.result()  # raises MqttError once disconnected
-                    incoming = asyncio.ensure_future(anext(messages))
-                    if not batch:
-                        deadline = loop.time() + self.batch_interval
-                    batch.append((message, self._decode(message)))
-                    self.stats.received += 1
-                full = len(batch) >= self.batch_size or loop.time() >= deadline
-                if batch and (full or stopping.done()):
-                    await self._commit(client, batch)
+                    incoming = None
+                    take(message)
+                # Not while `incoming` is pending: it may hold a message already taken off the queue,
+                # which must not be overtaken by the ones behind it.
+                while incoming is None and len(batch) < self.batch_size and not queue.empty():
+                    if stopping.done():
+                        break
+                    take(queue.get_nowait())
+                if storing is not None and storing.done():
+                    storing.result()  # a database error ends the session: the broker redelivers
+                    storing = None
+                full = len(batch) >= self.batch_size
+                if batch and storing is None and (full or loop.time() >= deadline or stopping.done()):
+                    storing = asyncio.ensure_future(self._commit(client, batch))
                     batch = []
-                if stopping.done():
+                    continue
+                if stopping.done() and not batch and storing is None:
                     return
+                waits = [stopping] if not stopping.done() else []
+                if storing is not None:
+                    waits.append(storing)
+                if not full and not stopping.done():  # a full batch waits for the one being stored
+                    if incoming is None:
+                        incoming = asyncio.ensure_future(anext(messages))
+                    waits.append(incoming)
+                timeout = max(0.0, deadline - loop.time()) if batch and storing is None else None
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            incoming.cancel()
+            if incoming is not None:
+                incoming.cancel()
             stopping.cancel()
+            if storing is not None and not storing.done():
+                # Let the batch in the database thread finish (its acks may fail: then it comes back).
+                await asyncio.wait([storing])
+            if storing is not None and storing.done() and not storing.cancelled() and storing.exception():
+                log.debug("batch store failed while ingest stopped: %s", storing.exception())
 
     def _decode(self, message: aiomqtt.Message) -> Received:
         payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
@@ -345,25 +435,27 @@ class Ingest:
 
     async def _commit(self, client: aiomqtt.Client, batch: list[tuple[aiomqtt.Message, Received]]) -> None:
         result = await asyncio.to_thread(self._store, [received for _, received in batch])
+        paho = client._client
         for message, _ in batch:
             if message.qos > 0:
-                client._client.ack(message.mid, message.qos)
+                paho.ack(message.mid, message.qos)
         self.stats.add(result, batch[0][1].at, self.clock())
         if self.hub and result.events:
             self.hub.publish(result.events)
+        # One watermark per device per batch, published without waiting for each PUBACK (paho sends
+        # them in the background; the next batch is not held up). A watermark lost to a disconnect
+        # is replaced by the next one: it is retained and only ever goes up.
         now = int(time.time())
-        await asyncio.gather(
-            *(
-                client.publish(
-                    contract.topic_of(device_id, "stored"),
-                    Stored(t=now, **({} if seq is None else {"seq": seq})).model_dump_json(exclude_none=True),
-                    qos=1,
-                    retain=True,
-                )
-                for device_id, seq in result.watermarks.items()
+        for device_id, seq in result.watermarks.items():
+            info = paho.publish(
+                contract.topic_of(device_id, "stored"),
+                Stored(t=now, **({} if seq is None else {"seq": seq})).model_dump_json(exclude_none=True),
+                qos=1,
+                retain=True,
             )
-        )
+            if info.rc != 0:
+                log.debug("watermark for %s not sent: %s", device_id, info.rc)
 
     def _store(self, batch: list[Received]) -> BatchResult:
         with Session(self.engine) as session:
-            return store_batch(session, batch, self.rules)
+            return store_batch(session, batch, self.rules, events=self.hub is not None)

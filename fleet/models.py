@@ -314,3 +314,85 @@ class Reject(SQLModel, table=True):
     topic: str = Field(max_length=256)
     detail: str = Field(sa_type=Text)
     payload: str = Field(max_length=256)
+
+
+class Release(SQLModel, table=True):
+    """A signed release bundle the fleet stores and serves (`maille release publish`)."""
+
+    __table_args__ = (UniqueConstraint("version", "arch", name="uq_release_version_arch"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: str = Field(max_length=32)
+    arch: str = Field(max_length=16)
+    rollback: bool = False  # signed as an explicit rollback release
+    manifest_sha256: str = Field(max_length=64)
+    key_id: str = Field(max_length=16)  # the release key that signed it
+    path: str = Field(max_length=96)  # its folder under the bundle store, served as releases/<path>/
+    files: int = 0
+    size: int = Field(default=0, sa_type=BigInteger)  # compressed bytes of all its files
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_by: str = Field(max_length=64)
+
+
+class RolloutStatus(StrEnum):
+    running = "running"
+    paused = "paused"
+    completed = "completed"
+    halted = "halted"  # stopped by itself: a threshold or the data-continuity gate
+    aborted = "aborted"
+
+
+class Rollout(SQLModel, table=True):
+    """A release offered to a chosen set of devices, wave by wave (fleet/rollouts.py)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    release_id: int = fk("release.id", "RESTRICT")
+    name: str = Field(default="", max_length=64)
+    status: str = Field(default=RolloutStatus.running, max_length=16)
+    reason: str | None = Field(default=None, max_length=256)  # why it halted or was aborted
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)  # fleet.rollouts.RolloutSpec
+    wave: int = 0  # the wave in progress
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    created_by: str = Field(max_length=64)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RolloutWave(SQLModel, table=True):
+    __tablename__ = "rollout_wave"
+    __table_args__ = (UniqueConstraint("rollout_id", "index", name="uq_rollout_wave_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = fk("rollout.id", "CASCADE")
+    index: int
+    size: int
+    status: str = Field(default="pending", max_length=16)  # pending, running, gate, passed, failed
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # every target settled
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    gate: dict[str, Any] | None = Field(default=None, sa_type=JSON)  # the continuity gate's findings
+
+
+class RolloutTarget(SQLModel, table=True):
+    """One device of a rollout: its wave and where its update stands."""
+
+    __tablename__ = "rollout_target"
+    __table_args__ = (UniqueConstraint("rollout_id", "device_id", name="uq_rollout_target_device"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = fk("rollout.id", "CASCADE")
+    device_id: str = fk("device.id", "CASCADE")
+    site_id: int
+    wave: int
+    # pending, offered (the node is working on it), confirmed, rolled_back, failed, timed_out, cancelled
+    state: str = Field(default="pending", max_length=16)
+    node_state: str | None = Field(default=None, max_length=16)  # the node's last ota/status state
+    progress: int | None = None
+    reason: str | None = Field(default=None, max_length=200)
+    attempt: int = 0  # offers sent; the offer's `attempt` is attempt - 1
+    from_version: str | None = Field(default=None, max_length=32)
+    running: str | None = Field(default=None, max_length=32)  # as the node last reported
+    channels: dict[str, float | None] = Field(default_factory=dict, sa_type=JSON)  # before: name → cadence
+    not_before: datetime | None = Field(default=None, sa_type=UTCDateTime)  # randomized start
+    offered_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -12,13 +12,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import Session, col, select, tuple_
+from sqlalchemy import bindparam
+from sqlmodel import Session, select
 
-from fleet import contract
+from fleet import contract, rollups
 from fleet.models import Channel, Device, DeviceStatus
 
-DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 LEARN = 0.2  # weight of a new gap in the learned cadence
 OUTAGE = 4.0  # a gap this many times the cadence is an outage, not a new cadence: learn it slowly
 
@@ -68,46 +67,54 @@ def wake_overdue(session: Session, now: datetime) -> list[str]:
     return overdue
 
 
-def update_channels(session: Session, rows: list[dict]) -> None:
-    """Fold newly stored readings into each channel's last time and learned cadence."""
-    by_channel: dict[tuple[str, str], list[dict]] = defaultdict(list)
+_CHANNEL_COLUMNS = ("device_id", "name", "unit", "last_ts", "last_at", "interval_s")
+
+
+def _channel_upsert_sql(dialect: str) -> str:
+    ph = "?" if dialect == "sqlite" else "%s"
+    return (
+        f"INSERT INTO channel ({', '.join(_CHANNEL_COLUMNS)}) VALUES ({', '.join([ph] * 6)}) "
+        "ON CONFLICT (device_id, name) DO UPDATE SET unit = excluded.unit, last_ts = excluded.last_ts, "
+        "last_at = excluded.last_at, interval_s = excluded.interval_s"
+    )
+
+
+CHANNEL_UPSERT_SQL = {d: _channel_upsert_sql(d) for d in ("sqlite", "postgresql")}
+_channel = Channel.__table__.c
+KNOWN_CHANNELS = select(
+    _channel.device_id, _channel.name, _channel.last_ts, _channel.last_at, _channel.interval_s
+).where(_channel.device_id.in_(bindparam("ids", expanding=True)))
+
+
+def update_channels(session: Session, rows: list[tuple]) -> None:
+    """Fold newly stored readings, (device_id, seq, name, unit, value, ts, received_at) rows, into each
+    channel's last time and learned cadence."""
+    by_channel: dict[tuple[str, str], list[tuple]] = defaultdict(list)
     for row in rows:
-        by_channel[(row["device_id"], row["name"])].append(row)
+        by_channel[(row[0], row[2])].append(row)
+    if not by_channel:
+        return
     keys = sorted(by_channel)
+    conn = session.connection()
     known = {
-        (c.device_id, c.name): c
-        for c in session.exec(
-            select(Channel).where(tuple_(col(Channel.device_id), col(Channel.name)).in_(keys))
-        ).all()
+        (d, n): (last_ts, last_at, interval)
+        for d, n, last_ts, last_at, interval in conn.execute(
+            KNOWN_CHANNELS, {"ids": sorted({k[0] for k in keys})}
+        )
     }
+    dialect = conn.dialect.name
+    t = rollups.db_time(dialect)
     values = []
     for key in keys:
-        old = known.get(key)
-        last_ts, interval = (old.last_ts, old.interval_s) if old else (None, None)
-        last_at = old.last_at if old else None
-        for row in sorted(by_channel[key], key=lambda r: r["ts"]):
-            if last_ts is not None and row["ts"] > last_ts:
-                interval = learn(interval, (row["ts"] - last_ts).total_seconds())
-            last_ts = row["ts"] if last_ts is None else max(last_ts, row["ts"])
-            last_at = row["received_at"] if last_at is None else max(last_at, row["received_at"])
-        unit = by_channel[key][-1]["unit"]
-        values.append(
-            {
-                "device_id": key[0],
-                "name": key[1],
-                "unit": unit,
-                "last_ts": last_ts,
-                "last_at": last_at,
-                "interval_s": interval,
-            }
-        )
-    stmt = DIALECT_INSERT[session.get_bind().dialect.name](Channel).values(values)
-    session.exec(
-        stmt.on_conflict_do_update(
-            index_elements=["device_id", "name"],
-            set_={k: stmt.excluded[k] for k in ("unit", "last_ts", "last_at", "interval_s")},
-        )
-    )
+        last_ts, last_at, interval = known.get(key, (None, None, None))
+        for _, _, _, _, _, ts, at in sorted(by_channel[key], key=lambda r: r[5]):
+            if last_ts is not None and ts > last_ts:
+                interval = learn(interval, (ts - last_ts).total_seconds())
+            last_ts = ts if last_ts is None else max(last_ts, ts)
+            last_at = at if last_at is None else max(last_at, at)
+        unit = by_channel[key][-1][3]
+        values.append((key[0], key[1], unit, t(last_ts), t(last_at), interval))
+    conn.exec_driver_sql(CHANNEL_UPSERT_SQL[dialect], values)
 
 
 def learn(interval: float | None, gap: float) -> float:

@@ -11,15 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import case, func
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from fleet.models import Rollup
+from fleet.models import as_utc
 
 RESOLUTIONS = {"1m": 60, "15m": 900, "1h": 3600, "1d": 86400}
-UPSERT_CHUNK = 400  # rows per statement: 10 columns each, under SQLite's parameter limit
-DIALECT_INSERT = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 
 
 def bucket_of(ts: datetime, seconds: int) -> datetime:
@@ -48,50 +44,83 @@ class Agg:
 def aggregate(readings: Iterable[tuple[str, str, float, datetime]]) -> dict[tuple, Agg]:
     """(device_id, name, value, ts) rows folded into {(device_id, name, resolution, bucket): Agg}."""
     out: dict[tuple, Agg] = {}
+    starts: dict[int, datetime] = {}  # bucket start (epoch s) → its datetime, made once per batch
+    resolutions = tuple(RESOLUTIONS.items())
     for device_id, name, value, ts in readings:
-        for resolution, seconds in RESOLUTIONS.items():
-            key = (device_id, name, resolution, bucket_of(ts, seconds))
+        epoch = int(ts.timestamp())  # as bucket_of
+        for resolution, seconds in resolutions:
+            start = epoch - epoch % seconds
+            bucket = starts.get(start)
+            if bucket is None:
+                bucket = starts[start] = datetime.fromtimestamp(start, UTC)
+            key = (device_id, name, resolution, bucket)
             agg = out.get(key)
             if agg is None:
                 out[key] = Agg(1, value, value, value, value, ts)
-            else:
-                agg.add(value, ts)
+            else:  # Agg.add, inlined: this loop runs four times per reading
+                agg.count += 1
+                agg.sum += value
+                if value < agg.min:
+                    agg.min = value
+                if value > agg.max:
+                    agg.max = value
+                if ts >= agg.last_ts:
+                    agg.last, agg.last_ts = value, ts
     return out
+
+
+def db_time(dialect: str):
+    """How a datetime is bound on `dialect` by raw DB-API statements: PostgreSQL takes aware datetimes;
+    on SQLite the text must be exactly what SQLAlchemy's DateTime writes (UTC, 'YYYY-MM-DD
+    HH:MM:SS.ffffff'), since keys and comparisons on these columns are text comparisons there."""
+    if dialect == "sqlite":
+        return lambda dt: as_utc(dt).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return as_utc
+
+
+def _memo(f):
+    """`f` remembering its answers (bucket starts and reading times repeat within a batch)."""
+    seen: dict = {}
+
+    def g(x):
+        out = seen.get(x)
+        if out is None:
+            out = seen[x] = f(x)
+        return out
+
+    return g
+
+
+_COLUMNS = ("device_id", "name", "resolution", "bucket", "count", "sum", "min", "max", "last", "last_ts")
+
+
+def _upsert_sql(dialect: str) -> str:
+    ph = "?" if dialect == "sqlite" else "%s"
+    least, greatest = ("min", "max") if dialect == "sqlite" else ("least", "greatest")
+    return (
+        f"INSERT INTO rollup ({', '.join(_COLUMNS)}) VALUES ({', '.join([ph] * len(_COLUMNS))}) "
+        "ON CONFLICT (device_id, name, resolution, bucket) DO UPDATE SET "
+        "count = rollup.count + excluded.count, sum = rollup.sum + excluded.sum, "
+        f"min = {least}(rollup.min, excluded.min), max = {greatest}(rollup.max, excluded.max), "
+        "last = CASE WHEN excluded.last_ts >= rollup.last_ts THEN excluded.last ELSE rollup.last END, "
+        f"last_ts = {greatest}(rollup.last_ts, excluded.last_ts)"
+    )
+
+
+UPSERT_SQL = {d: _upsert_sql(d) for d in ("sqlite", "postgresql")}
 
 
 def upsert(session: Session, aggs: dict[tuple, Agg]) -> None:
     """Merge pre-aggregated buckets into the rollup table, in key order (concurrent ingest workers
-    then lock rows in the same order and cannot deadlock each other)."""
-    dialect = session.get_bind().dialect.name
-    least, greatest = (func.min, func.max) if dialect == "sqlite" else (func.least, func.greatest)
-    t = Rollup.__table__.c
+    then lock rows in the same order and cannot deadlock each other). One prepared statement, run
+    with the DB-API's executemany (PostgreSQL: psycopg pipelines it)."""
+    if not aggs:
+        return
+    conn = session.connection()
+    dialect = conn.dialect.name
+    t = _memo(db_time(dialect))
     rows = [
-        {
-            "device_id": k[0],
-            "name": k[1],
-            "resolution": k[2],
-            "bucket": k[3],
-            "count": a.count,
-            "sum": a.sum,
-            "min": a.min,
-            "max": a.max,
-            "last": a.last,
-            "last_ts": a.last_ts,
-        }
+        (k[0], k[1], k[2], t(k[3]), a.count, a.sum, a.min, a.max, a.last, t(a.last_ts))
         for k, a in sorted(aggs.items(), key=lambda item: item[0])
     ]
-    for start in range(0, len(rows), UPSERT_CHUNK):
-        stmt = DIALECT_INSERT[dialect](Rollup).values(rows[start : start + UPSERT_CHUNK])
-        new = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["device_id", "name", "resolution", "bucket"],
-            set_={
-                "count": t.count + new.count,
-                "sum": t.sum + new.sum,
-                "min": least(t.min, new.min),
-                "max": greatest(t.max, new.max),
-                "last": case((new.last_ts >= t.last_ts, new.last), else_=t.last),
-                "last_ts": greatest(t.last_ts, new.last_ts),
-            },
-        )
-        session.exec(stmt)
+    conn.exec_driver_sql(UPSERT_SQL[dialect], rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -14,13 +15,17 @@ from sqlalchemy import Engine
 
 from fleet.alerts import Evaluator, Notifier
 from fleet.api import create_app
+from fleet.bundles import BundleHTTPServer
 from fleet.control import Publisher
 from fleet.db import make_engine, upgrade
 from fleet.ingest import Ingest, subscriptions
 from fleet.models import utcnow
 from fleet.presence import PresenceRules
+from fleet.rollouts import OtaStatusListener, RolloutEngine
 from fleet.settings import Settings
 from fleet.stream import Hub
+
+log = logging.getLogger("maille.service")
 
 
 class _Server(uvicorn.Server):
@@ -40,12 +45,31 @@ def _listen(host: str, port: int) -> socket.socket:
         raise RuntimeError(f"the API cannot listen on {host}:{port}: {e.strerror}") from e
 
 
-async def _announce(server: uvicorn.Server, workers: list[Ingest], ready: asyncio.Event) -> None:
+async def _announce(
+    server: uvicorn.Server, workers: list[Ingest], ready: asyncio.Event, listener: OtaStatusListener
+) -> None:
     while not server.started:
         await asyncio.sleep(0.02)
     for worker in workers:
         await worker.subscribed.wait()
+    await listener.subscribed.wait()
     ready.set()
+
+
+def bundle_server(settings: Settings) -> BundleHTTPServer | None:
+    """The release bundle server, or None (logged) when its port is taken: the rest still runs."""
+    settings.bundle_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return BundleHTTPServer(
+            settings.bundle_dir,
+            settings.bundle_host,
+            settings.bundle_port,
+            settings.bundle_max_concurrent,
+            settings.bundle_rate_bps,
+        ).start()
+    except OSError as e:
+        log.error("release bundles are not served: %s:%s: %s", settings.bundle_host, settings.bundle_port, e)
+        return None
 
 
 def ingest_workers(
@@ -86,6 +110,13 @@ async def serve(
     publisher = Publisher(settings.mqtt_url, f"{settings.ingest_client_id}-api")
     notifier = Notifier(settings.webhooks, settings.webhook_retries, settings.webhook_backoff_s)
     evaluator = Evaluator(engine, settings.alerts, notifier, settings.alert_interval_s, clock)
+    rollouts = RolloutEngine(
+        engine, publisher.publish, settings.bundle_base_url, settings.rollout_interval_s, clock
+    )
+    listener = OtaStatusListener(
+        engine, settings.mqtt_url, f"{settings.ingest_client_id}-ota", on_status=rollouts.nudge, clock=clock
+    )
+    bundles = await asyncio.to_thread(bundle_server, settings)
     app = create_app(
         engine,
         workers,
@@ -93,7 +124,9 @@ async def serve(
         hub=hub,
         notifier=notifier,
         metrics_public=settings.metrics_public,
+        clock=clock,
     )
+    app.state.rollouts, app.state.loop = rollouts, asyncio.get_running_loop()
     server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
     sock = _listen(settings.api_host, settings.api_port)
     parts = [
@@ -101,9 +134,11 @@ async def serve(
         asyncio.create_task(server.serve(sockets=[sock]), name="api"),
         asyncio.create_task(evaluator.run(stop), name="alerts"),
         asyncio.create_task(notifier.run(stop), name="webhooks"),
+        asyncio.create_task(rollouts.run(stop), name="rollouts"),
+        asyncio.create_task(listener.run(stop), name="ota-status"),
         asyncio.create_task(stop.wait(), name="stop"),
     ]
-    announcer = asyncio.create_task(_announce(server, workers, ready)) if ready else None
+    announcer = asyncio.create_task(_announce(server, workers, ready, listener)) if ready else None
     try:
         await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -113,6 +148,8 @@ async def serve(
             announcer.cancel()
         outcomes = await asyncio.gather(*parts, return_exceptions=True)
         sock.close()
+        if bundles:
+            bundles.stop()
         publisher.close()
         engine.dispose()
     for outcome in outcomes:

@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     node_ca_file: Path | None = None
     release_public_key: str | None = None
     node_config: dict[str, Any] = Field(default_factory=dict)
+    # Release bundles (fleet/bundles.py): more public keys a published release may be signed with
+    # (besides release_public_key), the store, the server nodes download from (its URL as the nodes
+    # reach it; default http://api_host:bundle_port), its global transfer cap and byte rate (0: none).
+    release_public_keys: list[str] = Field(default_factory=list)
+    bundle_dir: Path = Field(default_factory=lambda: data_dir() / "bundles")
+    bundle_host: str = "127.0.0.1"
+    bundle_port: int = 8001
+    bundle_url: str | None = None
+    bundle_max_concurrent: int = Field(8, ge=1, le=1024)
+    bundle_rate_bps: int = Field(0, ge=0)
+    rollout_interval_s: float = Field(5.0, gt=0)  # how often the rollout engine looks again
     labels_dir: Path = Path("labels")
 
     @field_validator("mqtt_url", "node_broker_url")
@@ -126,6 +137,14 @@ class Settings(BaseSettings):
         if value is not None:
             parse_mqtt_url(value)
         return value
+
+    @property
+    def release_keys(self) -> list[str]:
+        return [k for k in [self.release_public_key, *self.release_public_keys] if k]
+
+    @property
+    def bundle_base_url(self) -> str:
+        return self.bundle_url or f"http://{self.bundle_host}:{self.bundle_port}"
 
     @property
     def mqtt_url_masked(self) -> str:

@@ -16,6 +16,23 @@ from urllib.parse import unquote
 RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
+def http_server(host: str, port: int, get, name: str) -> tuple[ThreadingHTTPServer, threading.Thread]:
+    """A quiet threaded HTTP/1.0 server whose GETs go to `get(handler)`; start the thread to serve."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            get(self)
+
+    httpd = ThreadingHTTPServer((host, port), Handler)
+    httpd.daemon_threads = True
+    return httpd, threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
+
+
 class BundleServer:
     def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0):
         self.root = Path(root).resolve()
@@ -23,20 +40,7 @@ class BundleServer:
         self.requests: list[tuple[str, str | None, int]] = []  # (path, Range header, status)
         self._cuts: dict[str, list[int]] = {}
         self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.0"
-
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server._get(self)
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.httpd, self._thread = http_server(host, port, self._get, "bundle-server")
 
     @property
     def url(self) -> str:

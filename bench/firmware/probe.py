@@ -90,7 +90,9 @@ gc.collect()
 print(
     json.dumps(
         {
+            "heap_base_bytes": base,  # interpreter + this probe, before the app
             "heap_app_bytes": loaded - base,
+            "heap_loaded_bytes": loaded,  # absolute, like the peaks below
             "heap_peak_bytes": peak,
             "heap_peak_live_bytes": peak_live,
             "heap_after_bytes": alloc(),

@@ -67,7 +67,9 @@ def main() -> None:
         "heapsize": args.heapsize,
         "heap_app_kb": round(p["heap_app_bytes"] / 1024, 1),
         "heap_peak_kb": round(p["heap_peak_bytes"] / 1024, 1),
-        "heap_peak_live_kb": round(p["heap_peak_live_bytes"] / 1024, 1),
+        "heap_loaded_kb": round(p["heap_loaded_bytes"] / 1024, 1),  # absolute: base + app
+        "heap_peak_live_kb": round(p["heap_peak_live_bytes"] / 1024, 1),  # absolute
+        "heap_growth_kb": round((p["heap_peak_live_bytes"] - p["heap_loaded_bytes"]) / 1024, 1),
         "cycle_us": p["cycle_us"],
         "cycle_vs_empty_loop": p["cycle_vs_empty_loop"],
         "noise_16k_realtime_x": round(p["noise_samples_per_s"]["16000"] / 16000, 2),

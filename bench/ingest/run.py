@@ -8,9 +8,10 @@ Subscribed to the same topics at the same time:
       first publish), the database polled every 20 ms.
 ratio = (b) / (a). Each role is its own process (no shared GIL); all share the machine's cores.
 
-Broker configurations: `inflight=100` is the shipped QUEUE_SETTINGS (max_inflight_messages 100);
-the others replace only that line (see README: with ack-after-commit, the broker never has more than
-max_inflight unacknowledged messages out to ingest, so an ingest batch can never hold more).
+Broker configurations: `inflight=1000` is the shipped QUEUE_SETTINGS (max_inflight_messages 1000,
+100 until 2026-11-26); the others replace only that line (see README: with ack-after-commit, the
+broker never has more than max_inflight unacknowledged messages out to ingest, so an ingest batch
+can never hold more).
 
 Usage: run.py [--messages M] [--devices K] [--runs N] [--db sqlite|postgres|both] [--inflight 100,1000]
               [--profile] [--quick]
@@ -80,6 +81,14 @@ class Proc:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+def shipped_inflight() -> int:
+    import re
+
+    from fleet.broker import QUEUE_SETTINGS
+
+    return int(re.search(r"max_inflight_messages (\d+)", QUEUE_SETTINGS).group(1))
 
 
 def proc_cpu_seconds(pid: int) -> float | None:
@@ -208,7 +217,7 @@ def one_run(kind: str, inflight: int | None, a, run_no: int, profile_to: Path | 
     publish_rate = m / (pub_res["last_puback"] - first)
     r = {
         "db": kind,
-        "inflight": inflight if inflight is not None else 100,
+        "inflight": inflight if inflight is not None else shipped_inflight(),
         "run": run_no,
         "messages": m,
         "devices": a.devices,
@@ -269,7 +278,7 @@ def main() -> None:
     p.add_argument(
         "--inflight",
         default="100,1000",
-        help="broker max_inflight_messages values to compare (100 = shipped config)",
+        help="broker max_inflight_messages values to compare (1000 = shipped config, 100 = the old one)",
     )
     p.add_argument("--window", type=int, default=16, help="QoS 1 publishes in flight per device connection")
     p.add_argument("--timeout", type=float, default=600)

@@ -33,6 +33,10 @@ TABLES = {
     "reject",
     "site_wifi",
     "device_credential",
+    "release",
+    "rollout",
+    "rollout_wave",
+    "rollout_target",
 }
 
 
@@ -109,7 +113,7 @@ def test_upgrade_is_idempotent_and_takes_a_url(db_url, engine):
     upgrade(db_url)
     upgrade(engine)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0003"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0004"
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,8 @@ class Outbox:
         self.stored_upto = -1  # the fleet's watermark
         self.dropped = 0  # discarded because the outbox was full (oldest first)
         self.flash_writes = 0  # spill operations (one file append each)
-        self._cache_name = None
-        self._cache = None
+        self._cache_name = None  # where next_unsent stopped reading: segment name,
+        self._cache = None  # and (seq, file offset after its line), so only one line is in RAM
         store.ensure_dir(root)
         self._scan()
 
@@ -76,8 +76,6 @@ class Outbox:
                 self._remove(name)
 
     def _load(self, name):
-        if name == self._cache_name:
-            return self._cache
         records = []
         try:
             with open(self.root + "/" + name) as f:
@@ -87,9 +85,29 @@ class Outbox:
                         records.append(rec)
         except OSError:
             pass
-        self._cache_name = name
-        self._cache = records
         return records
+
+    def _first_after(self, name, floor):
+        """The first record of segment `name` above `floor`, reading one line at a time (a whole
+        segment of payloads held in RAM would cost tens of KB), resuming where the last call stopped."""
+        start = 0
+        if name == self._cache_name and self._cache[0] <= floor:
+            start = self._cache[1]
+        try:
+            with open(self.root + "/" + name) as f:
+                if start:
+                    f.seek(start)
+                while True:
+                    line = f.readline()
+                    if not line:
+                        return None
+                    rec = _parse(line)
+                    if rec is not None and rec[0] > floor:
+                        self._cache_name = name
+                        self._cache = (rec[0], f.tell())
+                        return rec
+        except OSError:
+            return None
 
     def _remove(self, name):
         if name == self._cache_name:
@@ -127,8 +145,6 @@ class Outbox:
                 for seq, payload, _ in chunk:
                     f.write(_line(seq, payload))
             self.flash_writes += 1
-            if seg[3] == self._cache_name:
-                self._cache_name = None
             del self.ram[:n]
             seg[1] = chunk[-1][0]
             seg[2] += n
@@ -145,9 +161,9 @@ class Outbox:
         floor = self.sent_upto if self.sent_upto > self.stored_upto else self.stored_upto
         for seg in self.segments:
             if seg[1] > floor:
-                for seq, payload in self._load(seg[3]):
-                    if seq > floor:
-                        return seq, payload
+                rec = self._first_after(seg[3], floor)
+                if rec is not None:
+                    return rec
         for seq, payload, _ in self.ram:
             if seq > floor:
                 return seq, payload

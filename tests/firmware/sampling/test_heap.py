@@ -7,10 +7,14 @@ import pytest
 from tests.test_building import board_config
 
 
+# In `make test-long` only: it spends 30 s showing a known, measured shortfall (see the reason).
+@pytest.mark.long
 @pytest.mark.xfail(
     strict=True,
-    reason="app + drivers + simulation need ~165 KB live on the unix port "
-    "(bench/firmware); see the sampling report",
+    reason="the running node needs ~187 KB live after start and ~212 KB peak on the unix port "
+    "(app imports 52 KB, node.ota 29 KB loaded at boot, sampler + drivers + simulation 94 KB, "
+    "RAM outbox 10 KB): at 128k it dies importing node.ota or in build_sensors, as source or .mpy; "
+    "see the sampling report",
 )
 def test_classroom_node_runs_a_day_in_128k(broker, device_credentials, boards, tmp_path):
     device, pw = device_credentials()

@@ -1,7 +1,6 @@
 # Sensors: each one small unit with `setup()` and `read()` -> list of (name, SenML unit, value).
 # A driver that cannot give a trustworthy value raises SensorFault with a short reason.
 from node.bus import SensorFault  # noqa: F401
-from node.sensors.sim import SimClimate
 
 
 def _lazy(module, cls):
@@ -14,7 +13,7 @@ def _lazy(module, cls):
 
 
 KINDS = {
-    "sim_climate": SimClimate,
+    "sim_climate": _lazy("sim", "SimClimate"),
     "scd4x": _lazy("scd4x", "SCD4x"),
     "sht4x": _lazy("sht4x", "SHT4x"),
     "bme280": _lazy("bme280", "BME280"),

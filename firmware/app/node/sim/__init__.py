@@ -132,48 +132,37 @@ def _building():
 
 
 def default_model(spec):
-    """The physical quantities at time t (s): a day-shaped indoor climate, deterministic by seed."""
-    import math
-
+    """The physical quantities at time t (s): the building's now, or without a building a
+    day-shaped indoor climate, deterministic by seed (node.sim.signals.climate)."""
     b = _building()
     if b is not None:
         return lambda t: b.model()
+    from node.sim import signals
 
-    cfg = spec.get("sim") or {}
-    seed = cfg.get("seed", 1) if isinstance(cfg, dict) else 1
-
-    def model(t):
-        day = 2 * math.pi * (t % 86400) / 86400
-        r = Rand(seed + int(t) // 10)
-        return {
-            "temperature": cfg.get("temperature", 21.0) + 2.0 * math.sin(day - 2.0) + r.uniform(-0.05, 0.05),
-            "humidity": cfg.get("humidity", 45.0) - 5.0 * math.sin(day - 2.0) + r.uniform(-0.3, 0.3),
-            "pressure": cfg.get("pressure", 101325.0) + r.uniform(-20, 20),
-            "co2": int(cfg.get("co2", 600) + 300 * max(0.0, math.sin(day - 2.5)) + r.uniform(-5, 5)),
-            "voltage": 230.0 + r.uniform(-2, 2),
-            "current": 2.0 + r.uniform(-0.1, 0.1),
-            "power": cfg.get("power", 450.0),
-        }
-
-    return model
+    return signals.climate(spec)
 
 
 def _secs(clock):
     return clock if clock is not None else (lambda: bus.ticks_ms() / 1000)
 
 
+# Each simulated device is imported only when a board uses it: RAM on the ESP32 is scarce.
 def i2c_for(kind, spec, clock):
-    from node.sim import devices
-
     bus_ = I2C()
     model = default_model(spec)
     t = _secs(clock)
     if kind == "scd4x":
-        bus_.attach(0x62, devices.SCD4x(lambda: model(t())))
+        from node.sim.sensirion import SCD4x
+
+        bus_.attach(0x62, SCD4x(lambda: model(t())))
     elif kind == "sht4x":
-        bus_.attach(0x44, devices.SHT4x(lambda: model(t())))
+        from node.sim.sensirion import SHT4x
+
+        bus_.attach(0x44, SHT4x(lambda: model(t())))
     elif kind == "bme280":
-        bus_.attach(spec.get("address", 0x76), devices.BME280(lambda: model(t())))
+        from node.sim.bme280 import BME280
+
+        bus_.attach(spec.get("address", 0x76), BME280(lambda: model(t())))
     else:
         raise ValueError("no simulated I2C device %r" % kind)
     for d in bus_.devices.values():
@@ -197,22 +186,22 @@ def _uart(kind, spec, model, t):
     if kind == "sdm":
         b = _building()
         if b is not None:
-            from node.sim.building import SDM
+            from node.sim.building import sdm
 
-            return UART(SDM(b, spec.get("slave", 1)))
+            return UART(sdm(b, spec.get("slave", 1)))
         return UART(devices.SDM(lambda: model(t()), spec.get("slave", 1)))
     raise ValueError("no simulated UART device %r" % kind)
 
 
 def i2s_for(spec, rate):
-    from node.sim import signals
-
-    cfg = spec.get("sim") or {}
     b = _building()
     if b is not None:
         from node.sim.building import Microphone
 
         return Microphone(b, rate, spec.get("sensitivity_dbfs", -26.0))
+    from node.sim import signals
+
+    cfg = spec.get("sim") or {}
     return signals.Microphone(rate, cfg.get("spl", 45.0), cfg.get("freq", 1000.0),
                               spec.get("sensitivity_dbfs", -26.0), cfg.get("seed", 1))
 
@@ -221,10 +210,6 @@ _beams = {}
 
 
 def edges_for(kind, name, spec, clock):
-    from node.sim import signals
-
-    cfg = spec.get("sim") or {}
-    seed = cfg.get("seed", 1)
     b = _building()
     if b is not None:
         if kind == "s0":
@@ -234,6 +219,10 @@ def edges_for(kind, name, spec, clock):
             return b.door.attach()
         if kind == "beam":
             return (b.beam_a if name == "pin_a" else b.beam_b).attach()
+    from node.sim import signals
+
+    cfg = spec.get("sim") or {}
+    seed = cfg.get("seed", 1)
     if kind == "s0":
         return signals.Pulses(lambda t: cfg.get("power", 450.0), spec.get("ppk", 1000), seed)
     if kind == "door":

@@ -9,7 +9,7 @@ import math
 import time
 
 from node import bus
-from node.sim import Rand, devices, signals
+from node.sim import Rand
 
 # Activities: (noise dB(A), air changes per hour, windows open)
 LESSON, BREAK, EMPTY, WORK, MOVE, PLANT = 0, 1, 2, 3, 4, 5
@@ -366,26 +366,30 @@ class _Src(bus.Edges):
         return bus.Edges.pop(self)
 
 
-class SDM(devices.SDM):
-    """The SDM's registers with the building's load and its true imported energy."""
+def sdm(b, slave=1):
+    """The SDM's registers with the building's load and its true imported energy (a plant room's
+    meter; node.sim.devices is loaded only for a board that has one)."""
+    from node.sim import devices
 
-    def __init__(self, b, slave=1):
-        devices.SDM.__init__(self, b.model, slave)
-        self.b = b
+    class SDM(devices.SDM):
+        def registers(self):
+            regs = devices.SDM.registers(self)
+            regs[0x48] = b.wh / 1000.0
+            return regs
 
-    def registers(self):
-        regs = devices.SDM.registers(self)
-        regs[0x48] = self.b.wh / 1000.0
-        return regs
+    return SDM(b.model, slave)
 
 
-class Microphone(signals.Microphone):
-    """A microphone at the building's level now. Audio runs in real time (it is sound, not the
-    building's clock) and, as the I2S DMA ring, holds at most `ring_ms`: older samples are lost."""
+class Microphone:
+    """machine.I2S stand-in at the building's level now (a 1 kHz tone in 32-bit slots). Audio runs in
+    real time (it is sound, not the building's clock) and, as the I2S DMA ring, holds at most
+    `ring_ms`: older samples are lost."""
 
     def __init__(self, b, rate, sensitivity_dbfs=-26.0, ring_ms=300):
-        signals.Microphone.__init__(self, rate, 40.0, 1000.0, sensitivity_dbfs, b.seed)
         self.b = b
+        self.rate = rate
+        self.n = 0
+        self.gone = False
         self.t0 = bus.wall_ms()
         self.sens = sensitivity_dbfs
         self.ring = rate * ring_ms // 1000

@@ -6,6 +6,27 @@ from node import bus
 from node.sim import Rand
 
 
+def climate(spec):
+    """Without a building: a day-shaped indoor climate at time t (s), deterministic by seed."""
+    cfg = spec.get("sim") or {}
+    seed = cfg.get("seed", 1) if isinstance(cfg, dict) else 1
+
+    def model(t):
+        day = 2 * math.pi * (t % 86400) / 86400
+        r = Rand(seed + int(t) // 10)
+        return {
+            "temperature": cfg.get("temperature", 21.0) + 2.0 * math.sin(day - 2.0) + r.uniform(-0.05, 0.05),
+            "humidity": cfg.get("humidity", 45.0) - 5.0 * math.sin(day - 2.0) + r.uniform(-0.3, 0.3),
+            "pressure": cfg.get("pressure", 101325.0) + r.uniform(-20, 20),
+            "co2": int(cfg.get("co2", 600) + 300 * max(0.0, math.sin(day - 2.5)) + r.uniform(-5, 5)),
+            "voltage": 230.0 + r.uniform(-2, 2),
+            "current": 2.0 + r.uniform(-0.1, 0.1),
+            "power": cfg.get("power", 450.0),
+        }
+
+    return model
+
+
 class _Timed(bus.Edges):
     def __init__(self):
         bus.Edges.__init__(self, 256)
