@@ -311,6 +311,11 @@ def parse(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> Uplink 
             payload,
         )
     device_id, channel = where
+    return _decode(topic, payload, device_id, MODELS[channel], channel, max_payload)
+
+
+def _decode(topic: str, payload: bytes, device_id: str, model, name: str, max_payload: int):
+    """Size, JSON and schema checks of one message already routed to `model` (named `name`)."""
 
     def reject(reason: RejectReason, detail: str) -> Reject:
         return Reject(reason, detail, topic, payload, device_id)
@@ -324,9 +329,9 @@ def parse(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> Uplink 
     if not isinstance(data, dict):
         return reject(RejectReason.bad_json, f"expected a JSON object, got {type(data).__name__}")
     try:
-        return MODELS[channel].received(device_id, data)
+        return model.received(device_id, data)
     except ValidationError as e:
-        return reject(RejectReason.invalid, describe_errors(e.errors(), channel))
+        return reject(RejectReason.invalid, describe_errors(e.errors(), name))
 
 
 def parse_ota_status(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD) -> OtaStatus | Reject:
@@ -335,19 +340,4 @@ def parse_ota_status(topic: str, payload: bytes, max_payload: int = MAX_PAYLOAD)
     if not DEVICE_ID.match(device_id) or topic != topic_of(device_id, OTA_STATUS):
         detail = f"not a maille/v1/<device_id>/{OTA_STATUS} topic"
         return Reject(RejectReason.bad_topic, detail, topic, payload)
-
-    def reject(reason: RejectReason, detail: str) -> Reject:
-        return Reject(reason, detail, topic, payload, device_id)
-
-    if len(payload) > max_payload:
-        return reject(RejectReason.oversized, f"{len(payload)} bytes, limit {max_payload}")
-    try:
-        data = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        return reject(RejectReason.bad_json, f"{type(e).__name__}: {e}"[:512])
-    if not isinstance(data, dict):
-        return reject(RejectReason.bad_json, f"expected a JSON object, got {type(data).__name__}")
-    try:
-        return OtaStatus.received(device_id, data)
-    except ValidationError as e:
-        return reject(RejectReason.invalid, describe_errors(e.errors(), "ota_status"))
+    return _decode(topic, payload, device_id, OtaStatus, "ota_status", max_payload)
