@@ -7,6 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from fastapi import Request
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
@@ -44,11 +45,21 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration shipped: what `upgrade` brings a database to."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
 def upgrade(engine_or_url: Engine | str) -> None:
     """Apply the Alembic migrations shipped in the package up to head."""
     engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg = _alembic_config()
     try:
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn

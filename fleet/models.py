@@ -82,6 +82,8 @@ class Site(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     slug: str = Field(max_length=64)
     name: str = Field(max_length=128)
+    # When the site is occupied (fleet.calendar.Calendar as JSON); None: no calendar known.
+    calendar: dict[str, Any] | None = Field(default=None, sa_type=JSON)
 
 
 class Building(SQLModel, table=True):
@@ -288,6 +290,9 @@ class ApiToken(SQLModel, table=True):
     name: str = Field(max_length=64)
     role: str = Field(max_length=16)
     site_ids: list[int] | None = Field(default=None, sa_type=JSON)  # None: every site
+    metrics: list[str] | None = Field(default=None, sa_type=JSON)  # None: every metric
+    # Mosquitto $7$ hash of the same secret: the token's broker account (integrators), or None.
+    broker_hash: str | None = Field(default=None, max_length=160)
     hash: str = Field(max_length=64)  # SHA-256 hex of the token; the token itself is never stored
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
