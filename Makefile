@@ -4,6 +4,8 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.maille-installed
 PYTEST_ARGS ?=
+# Two workers: most tests wait on brokers, boards and clocks, so both cores stay busy.
+WORKERS ?= 2
 
 .PHONY: demo test test-long bench lint setup clean
 
@@ -21,10 +23,10 @@ demo: setup
 	$(BIN)/maille demo
 
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(WORKERS) $(PYTEST_ARGS)
 
 test-long: setup
-	$(BIN)/pytest -m "" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(WORKERS) -m "" $(PYTEST_ARGS)
 
 bench: setup
 	@for b in bench/*/run.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

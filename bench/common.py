@@ -109,6 +109,13 @@ def _raise_nofile(limit: int | None):
     return pre
 
 
+def shipped_inflight() -> int:
+    """`max_inflight_messages` of the fleet's shipped broker config (QUEUE_SETTINGS)."""
+    from fleet.broker import QUEUE_SETTINGS
+
+    return int(re.search(r"(?m)^max_inflight_messages (\d+)$", QUEUE_SETTINGS).group(1))
+
+
 class BenchBroker(LocalBroker):
     """The fleet's LocalBroker config (users, ACL, QUEUE_SETTINGS), with two bench-only knobs:
 

@@ -23,8 +23,8 @@ from sqlmodel import Session, select
 from starlette.exceptions import HTTPException
 
 import fleet
+from fleet import actions, audit, auth, control, insight_api, readings, registry, rollouts, web
 from fleet import alerts as alerts_
-from fleet import audit, auth, control, readings, registry, rollouts
 from fleet.auth import Perm, Principal, require
 from fleet.contract import ConfigSettings, describe_errors
 from fleet.db import get_session
@@ -178,6 +178,9 @@ def render_metrics(app_state: Any, devices: dict[str, int], open_alerts: int) ->
             "Alert events given up after all retries.",
             [("", app_state.notifier.failed)],
         )
+    integrations = getattr(app_state, "integrations", None)  # site topics, Home Assistant discovery
+    for name, kind, help_, value in integrations.samples() if integrations else ():
+        family(name, kind, help_, [("", value)])
     return "\n".join(lines) + "\n"
 
 
@@ -371,7 +374,7 @@ def device_router() -> APIRouter:
         """Each measurement's last arrival and learned cadence."""
         visible(session, caller, device_id)
         found = session.exec(select(Channel).where(Channel.device_id == device_id).order_by(Channel.name))
-        return [ChannelOut.of(c) for c in found]
+        return [ChannelOut.of(c) for c in found if caller.metrics is None or c.name in caller.metrics]
 
     @router.get(
         "/{device_id}/readings",
@@ -392,7 +395,8 @@ def device_router() -> APIRouter:
     ):
         """The latest `limit` readings (or rollup buckets) in [since, until], oldest first."""
         visible(session, caller, device_id)
-        return _readings(request, session, [device_id], metric, since, until, limit, resolution, format)
+        window = (metric, since, until, limit, resolution, format)
+        return _readings(request, session, caller, [device_id], *window)
 
     @router.put("/{device_id}/config", status_code=202, responses=problem_responses(403, 404, 503))
     def put_config(
@@ -400,7 +404,7 @@ def device_router() -> APIRouter:
     ) -> ConfigOut:
         """Store the desired settings under the next version and publish them (retained) to the node."""
         device = visible(session, caller, device_id)
-        desired = control.set_config(session, _publisher(request), caller.name, device, body)
+        desired = control.set_config(session, actions.publisher(request), caller.name, device, body)
         return ConfigOut.of(device_id, desired, device.config_version)
 
     @router.get("/{device_id}/config", responses=problem_responses(403, 404))
@@ -421,7 +425,7 @@ def device_router() -> APIRouter:
         device = visible(session, caller, device_id)
         expires = int(utcnow().timestamp()) + body.expires_in_s if body.expires_in_s else None
         command = control.send_command(
-            session, _publisher(request), caller.name, device, body.cmd, body.args, expires
+            session, actions.publisher(request), caller.name, device, body.cmd, body.args, expires
         )
         response.headers["Location"] = f"/api/v1/devices/{device_id}/commands/{command.id}"
         return CommandOut.of(command)
@@ -446,17 +450,11 @@ def device_router() -> APIRouter:
     return router
 
 
-def _publisher(request: Request) -> control.Publisher:
-    publisher = request.app.state.publisher
-    if publisher is None:
-        raise HTTPException(503, "this API process has no broker connection to send commands with")
-    return publisher
-
-
-def _readings(request, session, device_ids, metric, since, until, limit, resolution, fmt):
+def _readings(request, session, caller, device_ids, metric, since, until, limit, resolution, fmt):
     if since and until and as_utc(since) > as_utc(until):
         raise HTTPException(422, "query.since: must not be after until")
-    window = {"metric": metric, "since": since, "until": until, "limit": limit}
+    caller.check_metric(metric)  # a token limited to some metrics: 403 for another; its own when none named
+    window = {"metric": metric, "metrics": caller.metrics, "since": since, "until": until, "limit": limit}
     if resolution == readings.RAW:
         rows = [ReadingOut.model_validate(r) for r in readings.raw(session, device_ids, **window)]
         return _rows_response(request, fmt, rows, ReadingOut)
@@ -493,7 +491,8 @@ def ops_router() -> APIRouter:
             raise _not_found("room", room_id)
         caller.check_site(registry.site_id_of(session, room))
         device_ids = readings.devices_in_room(session, room_id)
-        return _readings(request, session, device_ids, metric, since, until, limit, resolution, format)
+        window = (metric, since, until, limit, resolution, format)
+        return _readings(request, session, caller, device_ids, *window)
 
     @router.get("/alerts")
     def list_alerts(
@@ -529,7 +528,8 @@ def ops_router() -> APIRouter:
     @router.post("/tokens", status_code=201, responses=problem_responses(409, 422))
     def create_token(body: TokenIn, session: SessionDep, caller: Admin) -> NewTokenOut:
         try:
-            token, secret = auth.create_token(session, body.name, body.role, body.sites, who=caller.name)
+            scope = {"metrics": body.metrics, "broker": body.broker}
+            token, secret = auth.create_token(session, body.name, body.role, body.sites, caller.name, **scope)
         except ValueError as e:
             raise HTTPException(409 if "exists" in str(e) else 422, str(e)) from None
         return NewTokenOut.model_validate({**TokenOut.model_validate(token).model_dump(), "token": secret})
@@ -568,7 +568,7 @@ def ops_router() -> APIRouter:
             caller.check_site(d.site_id)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(
-            hub.sse(Filter(device, None if site_ids is None else frozenset(site_ids))),
+            hub.sse(Filter(device, None if site_ids is None else frozenset(site_ids), caller.metrics)),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -580,14 +580,6 @@ def rollout_router() -> APIRouter:
     """Releases (read) and rollouts: plan one, follow it, pause, resume, abort (fleet.rollouts)."""
     router = APIRouter(prefix="/api/v1", tags=["rollouts"])
     Controller = Annotated[Principal, require(Perm.device_control)]
-
-    def visible(session: Session, caller: Principal, rollout_id: int) -> Rollout:
-        rollout = session.get(Rollout, rollout_id)
-        if rollout is None:
-            raise _not_found("rollout", rollout_id)
-        for site_id in rollouts.rollout_sites(session, rollout):
-            caller.check_site(site_id)
-        return rollout
 
     @router.get("/releases")
     def list_releases(session: SessionDep, caller: Reader) -> list[Release]:
@@ -609,7 +601,7 @@ def rollout_router() -> APIRouter:
             raise HTTPException(404, str(e)) from None
         except PermissionError as e:
             raise HTTPException(403, str(e)) from None
-        _nudge(request)
+        actions.nudge_rollouts(request)
         response.headers["Location"] = f"/api/v1/rollouts/{rollout.id}"
         return rollouts.describe(session, rollout)
 
@@ -624,21 +616,15 @@ def rollout_router() -> APIRouter:
 
     @router.get("/rollouts/{rollout_id}", responses=problem_responses(403, 404))
     def get_rollout(rollout_id: int, session: SessionDep, caller: Reader) -> rollouts.RolloutOut:
-        return rollouts.describe(session, visible(session, caller, rollout_id))
+        return rollouts.describe(session, actions.visible_rollout(session, caller, rollout_id))
 
     def action(name: str):
         @router.post(f"/rollouts/{{rollout_id}}/{name}", responses=problem_responses(403, 404, 409, 503))
         def act(
-            rollout_id: int, request: Request, response: Response, session: SessionDep, caller: Controller
+            rollout_id: int, request: Request, session: SessionDep, caller: Controller
         ) -> rollouts.RolloutOut:
-            rollout = visible(session, caller, rollout_id)
-            publish = _publisher(request).publish if name == "abort" else None
-            try:
-                rollouts.change(session, rollout, name, caller.name, publish, request.app.state.clock())
-            except rollouts.RolloutError as e:
-                raise HTTPException(409, str(e)) from None
-            _nudge(request)
-            return rollouts.describe(session, rollout)
+            changed = actions.change_rollout(request, session, caller, rollout_id, name)
+            return rollouts.describe(session, changed)
 
         act.__name__ = f"{name}_rollout"
         act.__doc__ = {
@@ -647,13 +633,44 @@ def rollout_router() -> APIRouter:
             "abort": "Stop for good and withdraw the retained offers of the devices not done.",
         }[name]
 
-    def _nudge(request: Request) -> None:
-        engine, loop = request.app.state.rollouts, request.app.state.loop
-        if engine is not None and loop is not None:
-            request.app.state.loop.call_soon_threadsafe(engine.nudge)
-
     for name in ("pause", "resume", "abort"):
         action(name)
+    return router
+
+
+# --- site calendars: when a building is occupied (fleet.calendar; rollouts wait until it is free) ---
+def calendar_router() -> APIRouter:
+    from fleet import sites
+    from fleet.calendar import Calendar
+
+    router = APIRouter(prefix="/api/v1/sites/{key}/calendar", tags=["registry"])
+    Writer = Annotated[Principal, require(Perm.registry_write)]
+
+    def site_of(session: Session, caller: Principal, key: str):
+        site = registry.SITES.get(session, key)
+        if site is None:
+            raise _not_found("site", key)
+        caller.check_site(site.id)
+        return site
+
+    @router.get("", responses=problem_responses(403, 404))
+    def get_calendar(key: str, session: SessionDep, caller: Reader) -> Calendar:
+        site = site_of(session, caller, key)
+        if site.calendar is None:
+            raise HTTPException(404, f"site {key} has no calendar")
+        return Calendar.model_validate(site.calendar)
+
+    @router.put("", responses=problem_responses(403, 404, 422))
+    def put_calendar(key: str, body: Calendar, session: SessionDep, caller: Writer) -> Calendar:
+        """Replace the site's calendar (weekly occupied spans in its time zone, closures)."""
+        sites.set_calendar(session, site_of(session, caller, key), body, caller.name)
+        return body
+
+    @router.delete("", status_code=204, responses=problem_responses(403, 404))
+    def delete_calendar(key: str, session: SessionDep, caller: Writer) -> Response:
+        sites.set_calendar(session, site_of(session, caller, key), None, caller.name)
+        return Response(status_code=204)
+
     return router
 
 
@@ -729,4 +746,7 @@ def create_app(
     app.include_router(device_router())
     app.include_router(ops_router())
     app.include_router(rollout_router())
+    app.include_router(insight_api.router())
+    app.include_router(calendar_router())
+    web.install(app)  # the dashboard: pages, /static, HTML errors for pages
     return app

@@ -1,13 +1,17 @@
-"""API tokens and roles: who may do what, on which sites.
+"""API tokens and roles: who may do what, on which sites and metrics.
 
 A token is `mt_` + 32 random bytes (URL-safe base64); only its SHA-256 is stored. A token may be
-scoped to sites; an integrator token must be. Permissions per role are in PERMISSIONS (and in
+scoped to sites; an integrator token must be. It may also be limited to some metrics (readings of
+other metrics are refused or left out), and may get a broker account (`token.<name>`, the same secret
+as password, stored as a Mosquitto `$7$` hash) that reads its sites' topics only
+(fleet.integrations.topics.reader_acl). Permissions per role are in PERMISSIONS (and in
 docs/operators.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,11 +25,15 @@ from sqlmodel import Session, col, select
 from starlette.exceptions import HTTPException
 
 from fleet import audit
+from fleet.broker import hash_password
 from fleet.db import get_session
 from fleet.models import ApiToken, Site, utcnow
 
 PREFIX = "mt_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # last_used_at is written at most this often per token
+METRIC = re.compile(r"^[a-z0-9_]{1,32}$")  # a measurement name (docs/contract.md)
+NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")  # also a broker user name and an ACL line: no spaces
+BROKER_USER_PREFIX = "token."  # device ids have no ".": a token's broker user never is a device's
 
 
 class Role(StrEnum):
@@ -61,6 +69,7 @@ class Principal:
     name: str
     role: Role
     site_ids: frozenset[int] | None  # None: every site
+    metrics: frozenset[str] | None = None  # None: every metric
 
     def can(self, perm: Perm) -> bool:
         return perm in PERMISSIONS[self.role]
@@ -76,18 +85,43 @@ class Principal:
         if self.site_ids is not None:
             raise HTTPException(403, f"token {self.name!r} is limited to some sites; this needs all sites")
 
+    def check_metric(self, metric: str | None) -> None:
+        """403 for a metric outside the token's; None (no metric named) passes: callers filter."""
+        if metric is not None and self.metrics is not None and metric not in self.metrics:
+            allowed = ", ".join(sorted(self.metrics))
+            raise HTTPException(403, f"token {self.name!r} may read only these metrics: {allowed}")
+
+
+def broker_user(token_name: str) -> str:
+    """The broker user name of a token's account."""
+    return BROKER_USER_PREFIX + token_name
+
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
 def create_token(
-    session: Session, name: str, role: Role, site_slugs: Iterable[str] = (), who: str = "cli"
+    session: Session,
+    name: str,
+    role: Role,
+    site_slugs: Iterable[str] = (),
+    who: str = "cli",
+    *,
+    metrics: Iterable[str] = (),
+    broker: bool = False,
 ) -> tuple[ApiToken, str]:
-    """Store a new token (hashed) and return it with the secret, which is shown once and never again."""
+    """Store a new token (hashed) and return it with the secret, which is shown once and never again.
+    `metrics`: limit it to these (none: every metric); `broker`: give it a broker account."""
+    if not NAME.match(name):
+        raise ValueError(f"a token name is 1 to 64 of A-Z a-z 0-9 _ . @ -, not {name!r}")
     slugs = sorted(set(site_slugs))
     if role == Role.integrator and not slugs:
         raise ValueError("an integrator token needs at least one --site")
+    names = sorted(set(metrics))
+    bad = [m for m in names if not METRIC.match(m)]
+    if bad:
+        raise ValueError(f"not a metric name (a-z, 0-9, _; up to 32): {', '.join(map(repr, bad))}")
     if session.exec(select(ApiToken).where(ApiToken.name == name)).first():
         raise ValueError(f"a token named {name!r} exists already")
     sites = session.exec(select(Site).where(col(Site.slug).in_(slugs))).all() if slugs else []
@@ -96,7 +130,12 @@ def create_token(
         raise ValueError(f"no site {', '.join(sorted(missing))}")
     secret = PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
-        name=name, role=role, site_ids=sorted(s.id for s in sites) if slugs else None, hash=hash_token(secret)
+        name=name,
+        role=role,
+        site_ids=sorted(s.id for s in sites) if slugs else None,
+        metrics=names or None,
+        broker_hash=hash_password(secret) if broker else None,
+        hash=hash_token(secret),
     )
     session.add(token)
     session.flush()
@@ -119,8 +158,10 @@ def revoke_token(session: Session, name: str, who: str) -> ApiToken | None:
 
 
 def _public(token: ApiToken) -> dict:
-    """What the audit log keeps of a token: never its hash."""
-    return token.model_dump(mode="json", exclude={"hash"})
+    """What the audit log keeps of a token: never its hashes."""
+    return token.model_dump(mode="json", exclude={"hash", "broker_hash"}) | {
+        "broker": bool(token.broker_hash)
+    }
 
 
 def authenticate(session: Session, secret: str) -> Principal | None:
@@ -132,7 +173,10 @@ def authenticate(session: Session, secret: str) -> Principal | None:
         token.last_used_at = now
         session.commit()
     return Principal(
-        token.name, Role(token.role), None if token.site_ids is None else frozenset(token.site_ids)
+        token.name,
+        Role(token.role),
+        None if token.site_ids is None else frozenset(token.site_ids),
+        None if token.metrics is None else frozenset(token.metrics),
     )
 
 

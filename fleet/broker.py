@@ -96,6 +96,9 @@ class BrokerUsers:
     root: Path
     hashes: dict[str, str] = field(default_factory=dict)
     admins: set[str] = field(default_factory=set)
+    readers: dict[str, list[str]] = field(default_factory=dict)  # API tokens' accounts: what they read
+    # The fleet also writes the site topics (under maille/#) and Home Assistant's discovery documents.
+    discovery_prefix: str = "homeassistant"
 
     @property
     def password_file(self) -> Path:
@@ -114,17 +117,29 @@ class BrokerUsers:
         if admin:
             self.admins.add(name)
 
+    def set_reader(self, name: str, hashed: str, topics: list[str]) -> None:
+        """A read-only user (an API token's broker account) limited to these topic filters."""
+        self.hashes[name] = hashed
+        self.readers[name] = list(topics)
+
     def remove_user(self, name: str) -> None:
         self.hashes.pop(name, None)
         self.admins.discard(name)
+        self.readers.pop(name, None)
 
     def render(self) -> tuple[str, str]:
         """The password file's and the ACL file's text."""
         passwd = "".join(f"{u}:{h}\n" for u, h in sorted(self.hashes.items()))
         admin_blocks = "".join(
-            f"user {u}\ntopic readwrite maille/#\ntopic read $SYS/#\n\n" for u in sorted(self.admins)
+            f"user {u}\ntopic readwrite maille/#\ntopic readwrite {self.discovery_prefix}/#\n"
+            "topic read $SYS/#\n\n"
+            for u in sorted(self.admins)
         )
-        return passwd, admin_blocks + DEVICE_ACL
+        reader_blocks = "".join(
+            f"user {u}\n" + "".join(f"topic read {t}\n" for t in topics) + "\n"
+            for u, topics in sorted(self.readers.items())
+        )
+        return passwd, admin_blocks + reader_blocks + DEVICE_ACL
 
     def write(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

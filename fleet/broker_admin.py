@@ -3,7 +3,8 @@
 `sync(session, settings)` writes Mosquitto's password file and ACL file (settings
 MAILLE_BROKER_PASSWORD_FILE, MAILLE_BROKER_ACL_FILE) atomically, only when their text changes, then
 runs MAILLE_BROKER_RELOAD (e.g. `systemctl reload mosquitto`: a SIGHUP). Users: every device with an
-active credential (its stored `$7$` hash) and the fleet's own account from MAILLE_MQTT_URL.
+active credential (its stored `$7$` hash), every unrevoked API token with a broker account (read-only,
+its sites' topics: `token_readers`) and the fleet's own account from MAILLE_MQTT_URL.
 
 Mosquitto 2.0 re-reads both files on SIGHUP and re-checks the clients already connected: one whose
 user is gone or whose password no longer matches is disconnected at once, and its reconnection is
@@ -20,8 +21,10 @@ from pathlib import Path
 
 from sqlmodel import Session, select
 
+from fleet.auth import broker_user
 from fleet.broker import BrokerUsers, atomic_write, hash_password, verify_password
-from fleet.models import DeviceCredential
+from fleet.integrations.topics import reader_acl
+from fleet.models import ApiToken, DeviceCredential, Site
 from fleet.settings import Settings, parse_mqtt_url
 
 # Mosquitto (user mosquitto) must read the files: give their folder group mosquitto with setgid.
@@ -34,7 +37,7 @@ class BrokerAdminError(Exception):
 
 @dataclass
 class SyncResult:
-    users: int  # devices with an active credential, plus the fleet
+    users: int  # devices with an active credential, token accounts, plus the fleet
     changed: bool  # a file was rewritten
     reloaded: bool  # the reload command ran
 
@@ -63,7 +66,8 @@ def render(session: Session, settings: Settings) -> BrokerUsers:
     fleet = parse_mqtt_url(settings.mqtt_url)
     if not (fleet.username and fleet.password):
         raise BrokerAdminError("MAILLE_MQTT_URL has no user and password for the fleet's own account")
-    users = BrokerUsers(password_file.parent)
+    users = BrokerUsers(password_file.parent, discovery_prefix=settings.integrations.discovery_prefix)
+    token_readers(session, users)
     creds = session.exec(select(DeviceCredential).where(DeviceCredential.revoked_at.is_(None))).all()
     for cred in creds:
         users.set_hash(cred.device_id, cred.hash)
@@ -71,6 +75,22 @@ def render(session: Session, settings: Settings) -> BrokerUsers:
     fleet_hash = kept if kept and verify_password(fleet.password, kept) else hash_password(fleet.password)
     users.set_hash(fleet.username, fleet_hash, admin=True)
     return users
+
+
+def token_readers(session: Session, users: BrokerUsers) -> int:
+    """Make the read-only users those of the unrevoked tokens with a broker account; returns how
+    many. Also how a LocalBroker (tests, demo) gets them, before its `reload()`."""
+    tokens = session.exec(
+        select(ApiToken).where(ApiToken.broker_hash.is_not(None), ApiToken.revoked.is_(False))
+    ).all()
+    slugs = dict(session.exec(select(Site.id, Site.slug)).all())
+    for name in list(users.readers):  # revoked ones go
+        users.remove_user(name)
+    for token in tokens:
+        sites = None if token.site_ids is None else [slugs[i] for i in token.site_ids if i in slugs]
+        topics = reader_acl(sites, token.metrics, users.discovery_prefix)
+        users.set_reader(broker_user(token.name), token.broker_hash, topics)
+    return len(tokens)
 
 
 def sync(session: Session, settings: Settings) -> SyncResult:

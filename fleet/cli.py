@@ -202,15 +202,21 @@ def db_upgrade() -> None:
 def token_create(
     role: str = typer.Option(..., "--role", help="admin, operator, technician, integrator or viewer."),
     site: list[str] = typer.Option(None, "--site", help="Limit the token to this site (repeat for more)."),
+    metric: list[str] = typer.Option(
+        None, "--metric", help="Limit the token to this metric, e.g. co2 (repeat for more; default: all)."
+    ),
+    broker: bool = typer.Option(
+        False, "--broker", help="Also a broker account, token.<name>, reading its sites' topics."
+    ),
     name: str = typer.Option(None, "--name", help="Shown in the audit log (default: <role>-<random>)."),
 ) -> None:
-    """Create a token and print it once: only its hash is kept."""
+    """Create a token and print it once: only its hash is kept. With --broker, the broker's files are
+    synced when the fleet administers them (MAILLE_BROKER_PASSWORD_FILE)."""
     import secrets
 
     from sqlmodel import Session
 
-    from fleet.auth import Role, create_token
-    from fleet.db import make_engine, upgrade
+    from fleet.auth import Role, broker_user, create_token
 
     try:
         role_ = Role(role)
@@ -218,19 +224,71 @@ def token_create(
         raise typer.BadParameter(
             f"unknown role {role!r}; one of {', '.join(Role)}", param_hint="--role"
         ) from None
-    settings = get_settings()
-    engine = make_engine(settings.database_url)
-    upgrade(engine)
+    engine = _engine()
     try:
         with Session(engine) as s:
-            token, secret = create_token(s, name or f"{role_}-{secrets.token_hex(3)}", role_, site or ())
+            token, secret = create_token(
+                s,
+                name or f"{role_}-{secrets.token_hex(3)}",
+                role_,
+                site or (),
+                metrics=metric or (),
+                broker=broker,
+            )
+            scope = ", ".join(site) if site else "all sites"
+            scope += f"; metrics {', '.join(metric)}" if metric else ""
+            if broker:
+                scope += f"; broker user {broker_user(token.name)}"
+                _sync_broker_if_administered(s)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     finally:
         engine.dispose()
-    scope = ", ".join(site) if site else "all sites"
     typer.echo(f"maille: token {token.name!r} ({token.role}, {scope}); shown once, keep it safe:", err=True)
     typer.echo(secret)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="The token's name.")) -> None:
+    """Revoke a token; its broker account goes with the next broker sync (run now when the fleet
+    administers the broker)."""
+    from sqlmodel import Session
+
+    from fleet.auth import revoke_token
+
+    engine = _engine()
+    try:
+        with Session(engine) as s:
+            token = revoke_token(s, name, "cli")
+            if token is None:
+                typer.echo(f"maille: no token {name!r}", err=True)
+                raise typer.Exit(1)
+            if token.broker_hash:
+                _sync_broker_if_administered(s)
+    finally:
+        engine.dispose()
+    typer.echo(f"maille: token {name!r} revoked")
+
+
+def _sync_broker_if_administered(session) -> None:
+    """`maille broker sync` after a token's broker account changed, or a hint when not set up here."""
+    from fleet.broker_admin import BrokerAdminError, sync
+
+    settings = get_settings()
+    if not settings.broker_password_file:
+        typer.echo(
+            "maille: the broker's files are not administered here; run `maille broker sync` where they are",
+            err=True,
+        )
+        return
+    try:
+        result = sync(session, settings)
+    except BrokerAdminError as e:
+        typer.echo(f"maille: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"maille: broker users {result.users}, {'reloaded' if result.reloaded else 'files written'}", err=True
+    )
 
 
 def _api():
@@ -411,6 +469,9 @@ def rollout_create(
     site_cap: int = typer.Option(5, "--site-cap", help="Devices updating at once per site."),
     jitter: float = typer.Option(60, "--jitter", help="Random start delay per device, up to this many s."),
     window: list[str] = typer.Option(None, "--window", help="SITE=HH:MM-HH:MM[@TZ]: allowed window."),
+    ignore_calendar: bool = typer.Option(
+        False, "--ignore-calendar", help="Update even while a site's calendar says it is occupied."
+    ),
     gate: float = typer.Option(
         600, "--gate", help="Seconds updated nodes have to publish every channel again."
     ),
@@ -438,6 +499,7 @@ def rollout_create(
         "site_cap": site_cap,
         "start_jitter_s": jitter,
         "windows": _windows(window),
+        "avoid_occupied": not ignore_calendar,
         "gate_s": gate,
         **({"arch": arch} if arch else {}),
     }
@@ -467,6 +529,8 @@ def _rollout_view(r: dict):
     )
     if r["reason"]:
         head.add_row(f"[red]{r['reason']}", "", "")
+    for why in r.get("waiting", []):
+        head.add_row(f"[yellow]waiting: {why}", "", "")
     waves = Table("wave", "size", "status", "progress", "outcomes", box=None)
     for w in r["waves"]:
         ok = w["counts"].get("confirmed", 0)

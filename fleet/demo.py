@@ -13,8 +13,9 @@ from pathlib import Path
 from rich.console import Console
 from sqlmodel import Session, func, select
 
-from fleet.auth import Role, create_token
+from fleet.auth import Role, broker_user, create_token
 from fleet.broker import LocalBroker, new_password
+from fleet.broker_admin import token_readers
 from fleet.db import make_engine, upgrade
 from fleet.models import Device, Reading
 from fleet.registry import register_device
@@ -93,6 +94,10 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
             cfg = _board_config(device_id, f"room-{i}", host, port, i, opts.sample_interval_s)
             boards.append(VirtualBoard.create(work / "boards" / device_id, cfg, creds))
         s.commit()
+        if broker:  # a start-up's view: the site topics, read with a scoped token's broker account
+            startup_name = f"demo-startup-{secrets.token_hex(3)}"
+            startup = create_token(s, startup_name, Role.integrator, [SITE], broker=True)[1]
+            token_readers(s, broker.users)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -112,7 +117,15 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> dict:
             b.start()
         console.print(f"[green]fleet[/] API at {api}  (OpenAPI: {api}/docs, devices: {api}/api/v1/devices)")
         console.print(f"[green]token[/] admin API token: {token}")
+        console.print(
+            f"[green]dashboard[/] {api}/login  (log in with the admin token; phone-sized pages too)"
+        )
         console.print(f'        curl -H "Authorization: Bearer {token}" {api}/api/v1/devices')
+        if broker:
+            console.print(
+                f"[green]mqtt[/] site topics: mosquitto_sub -h {broker.host} -p {broker.port} "
+                f"-u {broker_user(startup_name)} -P {startup} -t 'maille/sites/{SITE}/#' -v"
+            )
         console.print(
             f"[green]nodes[/] {len(boards)} virtual boards running the firmware under micropython "
             f"(consoles in {work / 'boards'})"

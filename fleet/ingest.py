@@ -9,15 +9,19 @@ and readings are unique on (device, seq, name), so a redelivery is a no-op.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 from sqlalchemy import Connection, Engine, bindparam, delete, func
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
@@ -46,9 +50,9 @@ def subscriptions(worker: int, workers: int, group: str) -> list[tuple[str, int]
     return shared + ([("maille/v1/+/state", 1)] if worker == 0 else [])
 
 
-@dataclass(frozen=True)
-class Received:
-    """One message as ingest got it: the raw bytes (for reject excerpts) and what they decoded to."""
+class Received(NamedTuple):
+    """One message as ingest got it: the raw bytes (for reject excerpts) and what they decoded to.
+    (A named tuple: one is made per message received, and a tuple is the cheapest to make.)"""
 
     topic: str
     payload: bytes
@@ -100,8 +104,8 @@ SQLITE_INSERT = (
 # PostgreSQL: the whole batch as one array per column, one statement, RETURNING the new keys.
 PG_INSERT = (
     f"INSERT INTO reading ({READING_COLUMNS}) "
-    "SELECT * FROM unnest(%s::varchar[], %s::bigint[], %s::varchar[], %s::varchar[], "
-    "%s::float8[], %s::timestamptz[], %s::timestamptz[]) "
+    "SELECT * FROM unnest(%b::varchar[], %b::bigint[], %b::varchar[], %b::varchar[], "
+    "%b::float8[], %b::timestamptz[], %b::timestamptz[]) "
     "ON CONFLICT (device_id, seq, name) DO NOTHING RETURNING device_id, seq, name"
 )
 # Devices that sent only telemetry in a batch are updated without the ORM: last seen, lifecycle, and
@@ -272,7 +276,12 @@ def _insert_rejects(session: Session, rejects: list[contract.Reject]) -> None:
     if not rejects:
         return
     session.add_all(
-        Reject(reason=str(rej.reason), topic=rej.topic[:256], detail=rej.detail, payload=rej.excerpt)
+        Reject(
+            reason=str(rej.reason),
+            topic=contract.db_text(rej.topic)[:256],
+            detail=contract.db_text(rej.detail),
+            payload=rej.excerpt,
+        )
         for rej in rejects
     )
     session.flush()
@@ -301,8 +310,64 @@ def fleet_client(target: MqttTarget, client_id: str) -> aiomqtt.Client:
     )
 
 
+class BrokerLost(ConnectionError):
+    """The ingest's MQTT session ended (refused, lost, or timed out); `run` reconnects."""
+
+
+class _Receiver(mqtt.Client):
+    """paho-mqtt for ingest's hot path, driven by the asyncio loop (as aiomqtt drives it) but without
+    aiomqtt's per-message wrapper, queue and futures: each message goes straight to `on_message`.
+
+    Two paho 2.x internals are replaced, because they cost more than the rest of the receive path:
+    `_sock_recv` serves paho's small reads (a packet is read as 1 + 1..4 + n bytes) from one large
+    `recv`, and `_handle_on_message` calls `on_message` without the per-topic matcher and its locks
+    (ingest registers no per-topic callbacks). `loop_read` then parses every packet already read."""
+
+    READ_SIZE = 1 << 16
+    PACKETS_PER_CALL = 1000  # then the event loop runs other work before reading on
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+            manual_ack=True,  # PUBACK only once the message's batch is committed (see Ingest._commit)
+        )
+        self._buffer = b""
+        self._at = 0
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes already read from the socket and not yet parsed (the socket may not be readable)."""
+        return self._at < len(self._buffer)
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._at >= len(self._buffer):
+            self._buffer, self._at = super()._sock_recv(self.READ_SIZE), 0
+        out = self._buffer[self._at : self._at + bufsize]
+        self._at += len(out)
+        return out
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        for _ in range(self.PACKETS_PER_CALL):
+            if self._sock is None:
+                return mqtt.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTT_ERR_AGAIN:
+                break
+        return mqtt.MQTT_ERR_SUCCESS
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        self.on_message(self, self._userdata, message)
+
+
 class Ingest:
     """Subscribes to every device's up-topics on a persistent session and stores what arrives."""
+
+    CONNECT_TIMEOUT = 10.0
 
     def __init__(
         self,
@@ -338,12 +403,8 @@ class Ingest:
         """Run until `stop` is set, reconnecting to the broker (and waiting out the database) as needed."""
         while not stop.is_set():
             try:
-                async with self._client() as client:
-                    await client.subscribe(self.topics)
-                    log.info("ingest subscribed on %s as %s", mask_url(self.mqtt_url), self.client_id)
-                    self.subscribed.set()
-                    await self._pump(client, stop)
-            except aiomqtt.MqttError as e:
+                await self._session(stop)
+            except (BrokerLost, OSError) as e:
                 log.warning("MQTT %s: %s; reconnecting", mask_url(self.mqtt_url), e)
             except OperationalError as e:
                 # Unacknowledged messages come back from the broker once we reconnect.
@@ -352,75 +413,188 @@ class Ingest:
                 self.subscribed.clear()
             await _sleep_unless(stop, self.reconnect_interval)
 
-    def _client(self) -> aiomqtt.Client:
-        client = fleet_client(self.target, self.client_id)
-        # aiomqtt 2.x has no public switch for paho's manual acknowledgement, so we reach its paho
-        # client (`_client`). With it, PUBACK goes out only after the batch holding the message is
-        # committed (see `_commit`); without it, paho would acknowledge on receipt and a crash before
-        # the commit would lose the message. If aiomqtt renames `_client`, this fails loudly here.
-        client._client.manual_ack_set(True)
-        return client
+    async def _session(self, stop: asyncio.Event) -> None:
+        """One MQTT session: connect, subscribe, then receive and store until `stop` or a failure."""
+        loop = asyncio.get_running_loop()
+        client = _Receiver(self.client_id)
+        lost: asyncio.Future = loop.create_future()  # set with the reason the session ended
+        connected: asyncio.Future = loop.create_future()
+        subscribed: asyncio.Future = loop.create_future()
+        wake: list[asyncio.Future] = [loop.create_future()]  # the pump's current wait, set by on_message
+        pending: list[tuple[int, int, Received]] = []  # (mid, qos, message) received, not yet stored
+        first_at = [0.0]  # loop time of the oldest pending message
+        t = self.target
 
-    async def _pump(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
-        """Gather messages into batches; commit on size, on age, and on stop.
+        def end(why: str) -> None:
+            if not lost.done():
+                lost.set_exception(BrokerLost(why))
+
+        def read() -> None:
+            try:
+                rc = client.loop_read()
+            except Exception as e:  # a broken socket: paho may raise instead of returning a code
+                end(f"{type(e).__name__}: {e}")
+                return
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                end(mqtt.error_string(rc))
+            elif client.buffered:  # more already read than one call parses: go on after other work
+                loop.call_soon(read)
+
+        def write() -> None:
+            try:
+                client.loop_write()
+            except Exception as e:
+                end(f"{type(e).__name__}: {e}")
+
+        loop_thread = threading.get_ident()
+
+        def in_loop(f: Callable, *args) -> None:
+            """paho calls the socket callbacks from the connecting thread too (`connect` runs there)."""
+            if threading.get_ident() == loop_thread:
+                f(*args)
+            else:
+                loop.call_soon_threadsafe(f, *args)
+
+        def on_socket_open(_c, _u, sock) -> None:
+            in_loop(loop.add_reader, sock.fileno(), read)
+
+        def on_socket_close(_c, _u, sock) -> None:
+            if sock.fileno() >= 0:
+                in_loop(loop.remove_reader, sock.fileno())
+                in_loop(loop.remove_writer, sock.fileno())
+
+        def on_socket_register_write(_c, _u, sock) -> None:
+            in_loop(loop.add_writer, sock.fileno(), write)
+
+        def on_socket_unregister_write(_c, _u, sock) -> None:
+            in_loop(loop.remove_writer, sock.fileno())
+
+        def on_connect(_c, _u, _flags, reason, _props) -> None:
+            if not connected.done():
+                connected.set_result(reason)
+
+        def on_subscribe(_c, _u, _mid, reasons, _props) -> None:
+            if not subscribed.done():
+                subscribed.set_result(reasons)
+
+        def on_disconnect(_c, _u, _flags, reason, _props) -> None:
+            end(f"disconnected ({reason})")
+
+        def on_message(_c, _u, message: mqtt.MQTTMessage) -> None:
+            if stop.is_set():
+                return  # not acknowledged: the broker sends it again to the next session
+            if not pending:
+                first_at[0] = loop.time()
+            pending.append((message.mid, message.qos, self._decode(message)))
+            self.stats.received += 1
+            if (len(pending) == 1 or len(pending) >= self.batch_size) and not wake[0].done():
+                wake[0].set_result(None)
+
+        client.on_socket_open, client.on_socket_close = on_socket_open, on_socket_close
+        client.on_socket_register_write = on_socket_register_write
+        client.on_socket_unregister_write = on_socket_unregister_write
+        client.on_connect, client.on_subscribe = on_connect, on_subscribe
+        client.on_disconnect, client.on_message = on_disconnect, on_message
+        if t.username is not None:
+            client.username_pw_set(t.username, t.password)
+        if t.tls:
+            client.tls_set_context(ssl.create_default_context())
+        misc: asyncio.Task | None = None
+        try:
+            connecting = asyncio.to_thread(client.connect, t.host, t.port, 30)
+            await asyncio.wait_for(connecting, self.CONNECT_TIMEOUT)
+            misc = asyncio.ensure_future(self._keepalive(client, end))
+            reason = await self._until(connected, lost, "CONNACK")
+            if reason.is_failure:
+                raise BrokerLost(f"connection refused: {reason}")
+            rc, _ = client.subscribe(self.topics)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                raise BrokerLost(f"subscribe: {mqtt.error_string(rc)}")
+            refused = [r for r in await self._until(subscribed, lost, "SUBACK") if r.is_failure]
+            if refused:
+                raise BrokerLost(f"subscription refused: {refused}")
+            log.info("ingest subscribed on %s as %s", mask_url(self.mqtt_url), self.client_id)
+            self.subscribed.set()
+            await self._pump(client, stop, lost, wake, pending, first_at)
+        finally:
+            if misc is not None:
+                misc.cancel()
+            if client.is_connected():
+                # Acks queued by the last commit, then DISCONNECT; what is not acknowledged stays with
+                # the broker (persistent session) for the next one.
+                client.disconnect()
+                with contextlib.suppress(OSError):
+                    client.loop_write()
+            sock = client.socket()
+            if sock is not None:
+                on_socket_close(client, None, sock)
+                sock.close()
+            if lost.done():
+                lost.exception()  # the reason was told (or the session ended on purpose)
+
+    async def _until(self, what: asyncio.Future, lost: asyncio.Future, name: str):
+        done, _ = await asyncio.wait(
+            [what, lost], timeout=self.CONNECT_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        if what in done:
+            return what.result()
+        if lost in done:
+            lost.result()  # raises BrokerLost
+        raise BrokerLost(f"no {name} within {self.CONNECT_TIMEOUT:g} s")
+
+    @staticmethod
+    async def _keepalive(client: _Receiver, end: Callable[[str], None]) -> None:
+        """paho's housekeeping (PINGREQ, keepalive timeout) once a second, as its own loop would."""
+        while True:
+            await asyncio.sleep(1)
+            rc = client.loop_misc()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                end(f"keepalive: {mqtt.error_string(rc)}")
+                return
+
+    async def _pump(
+        self,
+        client: _Receiver,
+        stop: asyncio.Event,
+        lost: asyncio.Future,
+        wake: list[asyncio.Future],
+        pending: list[tuple[int, int, Received]],
+        first_at: list[float],
+    ) -> None:
+        """Store what `on_message` gathers in `pending`: a batch on size, on age, and on stop.
 
         Receiving and storing overlap: while one batch is stored (in a thread, committed, then its
         messages acknowledged in order), the next one is gathered. Only one batch is stored at a time,
         so batches commit and are acknowledged in the order they were received."""
         loop = asyncio.get_running_loop()
-        # aiomqtt's queue of received messages (private, like `_client` below): what is already
-        # queued is taken without a task and an `asyncio.wait` per message; the iterator is awaited
-        # only when the queue is empty (it also raises MqttError once disconnected), and while it is
-        # awaited the queue is left to it, so messages keep their order.
-        queue: asyncio.Queue[aiomqtt.Message] = client._queue
-        messages = aiter(client.messages)
-        incoming: asyncio.Future | None = None
         stopping = asyncio.ensure_future(stop.wait())
         storing: asyncio.Task | None = None  # the batch being stored, if any
-        batch: list[tuple[aiomqtt.Message, Received]] = []
-        deadline = 0.0
-
-        def take(message: aiomqtt.Message) -> None:
-            nonlocal deadline
-            if not batch:
-                deadline = loop.time() + self.batch_interval
-            batch.append((message, self._decode(message)))
-            self.stats.received += 1
-
         try:
             while True:
-                if incoming is not None and incoming.done():
-                    message = incoming.result()  # raises MqttError once disconnected
-                    incoming = None
-                    take(message)
-                # Not while `incoming` is pending: it may hold a message already taken off the queue,
-                # which must not be overtaken by the ones behind it.
-                while incoming is None and len(batch) < self.batch_size and not queue.empty():
-                    if stopping.done():
-                        break
-                    take(queue.get_nowait())
                 if storing is not None and storing.done():
                     storing.result()  # a database error ends the session: the broker redelivers
                     storing = None
-                full = len(batch) >= self.batch_size
-                if batch and storing is None and (full or loop.time() >= deadline or stopping.done()):
-                    storing = asyncio.ensure_future(self._commit(client, batch))
-                    batch = []
-                    continue
-                if stopping.done() and not batch and storing is None:
+                if lost.done():
+                    lost.result()  # raises: unacknowledged messages come back to the next session
+                due = first_at[0] + self.batch_interval
+                if pending and storing is None:
+                    if len(pending) >= self.batch_size or loop.time() >= due or stop.is_set():
+                        batch = pending[: self.batch_size]
+                        del pending[: self.batch_size]
+                        first_at[0] = loop.time() - self.batch_interval  # the rest is due at once
+                        storing = asyncio.ensure_future(self._commit(client, batch))
+                        continue
+                if stop.is_set() and not pending and storing is None:
                     return
-                waits = [stopping] if not stopping.done() else []
-                if storing is not None:
-                    waits.append(storing)
-                if not full and not stopping.done():  # a full batch waits for the one being stored
-                    if incoming is None:
-                        incoming = asyncio.ensure_future(anext(messages))
-                    waits.append(incoming)
-                timeout = max(0.0, deadline - loop.time()) if batch and storing is None else None
+                if wake[0].done():
+                    wake[0] = loop.create_future()
+                # A batch being stored is waited for; else the next message, or the age of the pending.
+                waits = [lost, storing if storing is not None else wake[0]]
+                if not stopping.done():
+                    waits.append(stopping)
+                timeout = max(0.0, due - loop.time()) if pending and storing is None else None
                 await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if incoming is not None:
-                incoming.cancel()
             stopping.cancel()
             if storing is not None and not storing.done():
                 # Let the batch in the database thread finish (its acks may fail: then it comes back).
@@ -428,18 +602,17 @@ class Ingest:
             if storing is not None and storing.done() and not storing.cancelled() and storing.exception():
                 log.debug("batch store failed while ingest stopped: %s", storing.exception())
 
-    def _decode(self, message: aiomqtt.Message) -> Received:
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        topic = message.topic.value
+    def _decode(self, message: mqtt.MQTTMessage) -> Received:
+        topic = message._topic.decode("utf-8", "replace")  # bytes as received: `topic` raises on bad UTF-8
+        payload = message.payload
         return Received(topic, payload, self.clock(), contract.parse(topic, payload, self.max_payload))
 
-    async def _commit(self, client: aiomqtt.Client, batch: list[tuple[aiomqtt.Message, Received]]) -> None:
-        result = await asyncio.to_thread(self._store, [received for _, received in batch])
-        paho = client._client
-        for message, _ in batch:
-            if message.qos > 0:
-                paho.ack(message.mid, message.qos)
-        self.stats.add(result, batch[0][1].at, self.clock())
+    async def _commit(self, client: _Receiver, batch: list[tuple[int, int, Received]]) -> None:
+        result = await asyncio.to_thread(self._store, [received for _, _, received in batch])
+        for mid, qos, _ in batch:
+            if qos > 0:
+                client.ack(mid, qos)
+        self.stats.add(result, batch[0][2].at, self.clock())
         if self.hub and result.events:
             self.hub.publish(result.events)
         # One watermark per device per batch, published without waiting for each PUBACK (paho sends
@@ -447,7 +620,7 @@ class Ingest:
         # is replaced by the next one: it is retained and only ever goes up.
         now = int(time.time())
         for device_id, seq in result.watermarks.items():
-            info = paho.publish(
+            info = client.publish(
                 contract.topic_of(device_id, "stored"),
                 Stored(t=now, **({} if seq is None else {"seq": seq})).model_dump_json(exclude_none=True),
                 qos=1,

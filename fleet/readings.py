@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -26,6 +26,7 @@ def raw(
     device_ids: Sequence[str],
     *,
     metric: str | None = None,
+    metrics: Collection[str] | None = None,  # only these (a token limited to some metrics)
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 1000,
@@ -34,6 +35,8 @@ def raw(
     query = select(Reading).where(col(Reading.device_id).in_(device_ids))
     if metric:
         query = query.where(Reading.name == metric)
+    if metrics is not None:
+        query = query.where(col(Reading.name).in_(sorted(metrics)))
     if since:
         query = query.where(Reading.ts >= since)
     if until:
@@ -48,6 +51,7 @@ def rolled(
     resolution: str,
     *,
     metric: str | None = None,
+    metrics: Collection[str] | None = None,  # only these (a token limited to some metrics)
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 1000,
@@ -58,6 +62,8 @@ def rolled(
     query = select(Rollup).where(col(Rollup.device_id).in_(device_ids), Rollup.resolution == resolution)
     if metric:
         query = query.where(Rollup.name == metric)
+    if metrics is not None:
+        query = query.where(col(Rollup.name).in_(sorted(metrics)))
     if since:
         query = query.where(Rollup.bucket >= since)
     if until:

@@ -6,8 +6,10 @@ The engine (`RolloutEngine`, run by `fleet.service.serve` on an injectable clock
 rollout every `rollout_interval_s`, and whenever a node reports on `ota/status`:
 
 - it starts a wave's devices after a random delay (`start_jitter_s`), at most `site_cap` updating at
-  once per site (over every rollout), and only inside the site's maintenance windows, by publishing
-  the retained `ota` offer;
+  once per site (over every rollout), only inside the site's maintenance windows and, unless
+  `avoid_occupied` is off, never while the site's calendar (fleet.calendar) says the building is
+  occupied, by publishing the retained `ota` offer (updates already running finish); `describe` says
+  why the current wave waits;
 - it follows each node's `ota/status` to confirmed, rolled_back or failed, and times a device out
   after `timeout_s`; a failure or a timeout is offered again (a new `attempt`) up to `retries` times
   (a rollback is not: the release crashed on that node);
@@ -31,11 +33,12 @@ from typing import Annotated, Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from fleet import audit, contract, control
+from fleet import calendar as calendars
 from fleet.bundles import manifest_url
 from fleet.ingest import fleet_client
 from fleet.models import (
@@ -131,6 +134,8 @@ class RolloutSpec(BaseModel):
     site_cap: int = Field(5, ge=1)
     start_jitter_s: float = Field(60, ge=0)
     windows: dict[str, list[Window]] = Field(default_factory=dict)  # site slug → windows; none: any time
+    # No update starts on a site while its calendar says occupied (sites without a calendar: any time).
+    avoid_occupied: bool = True
     gate_s: float = Field(600, ge=0)
     gate_factor: float = Field(3.0, ge=1)
 
@@ -173,6 +178,7 @@ class RolloutOut(BaseModel):
     created_by: str
     finished_at: datetime | None
     counts: dict[str, int]
+    waiting: list[str]  # why devices of the current wave have not started, per site
     waves: list[WaveOut]
     targets: list[TargetOut]
 
@@ -346,6 +352,72 @@ def open_now(spec: RolloutSpec, site_slug: str, now: datetime) -> bool:
     return windows is None or any(w.open_at(now) for w in windows)
 
 
+SiteCalendar = calendars.Calendar | str | None  # a str: why the stored calendar cannot be used
+
+
+def site_calendars(session: Session) -> dict[int, tuple[str, SiteCalendar]]:
+    """Each site's slug and calendar. A stored calendar that no longer validates holds the site
+    (it is safer to wait than to update an occupied building) and says why."""
+    out: dict[int, tuple[str, SiteCalendar]] = {}
+    for site_id, slug, raw in session.exec(select(Site.id, Site.slug, Site.calendar)):
+        try:
+            out[site_id] = (slug, calendars.of(raw))
+        except ValidationError as e:
+            out[site_id] = (slug, f"has an invalid calendar ({e.errors()[0]['msg']})")
+    return out
+
+
+def _local(at: datetime, now: datetime) -> str:
+    """A local time as an operator reads it: 17:00 today, else with the day."""
+    return f"{at:%H:%M}" if at.date() == now.astimezone(at.tzinfo).date() else f"{at:%a %d %b %H:%M}"
+
+
+def held(spec: RolloutSpec, slug: str, cal: SiteCalendar, now: datetime) -> str | None:
+    """Why no update may start on this site at `now` (None: one may)."""
+    why = [] if open_now(spec, slug, now) else ["outside its maintenance windows"]
+    if spec.avoid_occupied and isinstance(cal, str):
+        why.append(cal)
+    elif spec.avoid_occupied and cal is not None:
+        until = cal.occupied_until(now)
+        if until is not None:
+            why.append(f"occupied until {_local(until, now)} ({cal.tz})")
+    return f"site {slug} " + " and ".join(why) if why else None
+
+
+def in_flight(session: Session) -> Counter:
+    """Devices updating now, per site id, over every running or paused rollout (the site cap)."""
+    return Counter(
+        dict(
+            session.exec(
+                select(RolloutTarget.site_id, func.count())
+                .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
+                .where(RolloutTarget.state == IN_FLIGHT, col(Rollout.status).in_(ACTIVE))
+                .group_by(RolloutTarget.site_id)
+            ).all()
+        )
+    )
+
+
+def waiting(session: Session, rollout: Rollout, targets: list[RolloutTarget], now: datetime) -> list[str]:
+    """Why the current wave's pending devices are not updating yet, one line per site."""
+    if rollout.status != RolloutStatus.running:
+        return []
+    pending = Counter(t.site_id for t in targets if t.wave == rollout.wave and t.state == "pending")
+    if not pending:
+        return []
+    spec = RolloutSpec.model_validate(rollout.spec)
+    sites, busy = site_calendars(session), in_flight(session)
+    out = []
+    for site_id, n in sorted(pending.items(), key=lambda kv: sites.get(kv[0], ("",))[0]):
+        slug, cal = sites.get(site_id, ("?", None))
+        why = held(spec, slug, cal, now)
+        if why is None and busy[site_id] >= spec.site_cap:
+            why = f"site {slug} at its cap of {spec.site_cap} updates at once"
+        if why is not None:
+            out.append(f"{why}: {n} devices waiting")
+    return out
+
+
 def continuity(
     session: Session, targets: list[RolloutTarget], now: datetime, factor: float
 ) -> dict[str, list[str]]:
@@ -451,24 +523,20 @@ class Step:
         return False
 
     def start(self, mine: list[RolloutTarget]) -> None:
-        busy = Counter(
-            dict(
-                self.session.exec(
-                    select(RolloutTarget.site_id, func.count())
-                    .join(Rollout, Rollout.id == RolloutTarget.rollout_id)
-                    .where(RolloutTarget.state == IN_FLIGHT, col(Rollout.status).in_(ACTIVE))
-                    .group_by(RolloutTarget.site_id)
-                ).all()
-            )
-        )
-        slugs = dict(self.session.exec(select(Site.id, Site.slug)).all())
         ready = sorted(
             (t for t in mine if t.state == "pending"), key=lambda t: (t.not_before or self.now, t.id)
         )
+        if not ready:
+            return
+        busy, sites = in_flight(self.session), site_calendars(self.session)
+        closed = {
+            site_id: held(self.spec, *sites.get(site_id, ("", None)), self.now) is not None
+            for site_id in {t.site_id for t in ready}
+        }
         for t in ready:
             if (t.not_before and t.not_before > self.now) or busy[t.site_id] >= self.spec.site_cap:
                 continue
-            if not open_now(self.spec, slugs.get(t.site_id, ""), self.now):
+            if closed[t.site_id]:
                 continue
             if self.offer(t):
                 busy[t.site_id] += 1
@@ -520,17 +588,24 @@ def step(session: Session, publish: Publish, base_url: str, now: datetime, rng: 
 
 
 # --- operator actions ------------------------------------------------------------------------------
+# What an operator may do to a rollout, by the statuses that allow it.
+ACTIONS = {
+    "pause": (RolloutStatus.running,),
+    "resume": (RolloutStatus.paused,),
+    "abort": (RolloutStatus.running, RolloutStatus.paused, RolloutStatus.halted),
+}
+
+
+def actions_for(status: str) -> tuple[str, ...]:
+    return tuple(name for name, statuses in ACTIONS.items() if status in statuses)
+
+
 def change(
     session: Session, rollout: Rollout, action: str, who: str, publish: Publish | None, now: datetime
 ) -> Rollout:
     """pause, resume or abort; audited; commits."""
     before = audit.snapshot(rollout)
-    allowed = {
-        "pause": (RolloutStatus.running,),
-        "resume": (RolloutStatus.paused,),
-        "abort": (RolloutStatus.running, RolloutStatus.paused, RolloutStatus.halted),
-    }[action]
-    if rollout.status not in allowed:
+    if rollout.status not in ACTIONS[action]:
         raise RolloutError(f"rollout {rollout.id} is {rollout.status}: cannot {action} it")
     if action == "pause":
         rollout.status = RolloutStatus.paused
@@ -548,7 +623,8 @@ def change(
     return rollout
 
 
-def describe(session: Session, rollout: Rollout) -> RolloutOut:
+def describe(session: Session, rollout: Rollout, now: datetime | None = None) -> RolloutOut:
+    """The rollout as the API shows it; `waiting` is judged at `now` (default: the time now)."""
     rel = session.get(Release, rollout.release_id)
     targets = list(
         session.exec(
@@ -572,6 +648,7 @@ def describe(session: Session, rollout: Rollout) -> RolloutOut:
         created_by=rollout.created_by,
         finished_at=rollout.finished_at,
         counts=dict(Counter(t.state for t in targets)),
+        waiting=waiting(session, rollout, targets, now or utcnow()),
         waves=[
             WaveOut(
                 index=w.index,

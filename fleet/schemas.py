@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleet.auth import Role
+from fleet.auth import Role, broker_user
 from fleet.contract import CommandName
 from fleet.models import Alert, Channel, Command, DeviceConfig, Rollup
 from fleet.registry import DeviceRow
@@ -288,6 +288,8 @@ class TokenIn(_In):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
     role: Role
     sites: list[Slug] = []
+    metrics: list[Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]] = []  # none: every metric
+    broker: bool = False  # a broker account reading the token's sites' topics (`token.<name>`)
 
 
 class TokenOut(BaseModel):
@@ -296,9 +298,19 @@ class TokenOut(BaseModel):
     name: str
     role: Role
     site_ids: list[int] | None
+    metrics: list[str] | None = None
+    broker_user: str | None = None  # its broker account, if it has one
     created_at: datetime
     last_used_at: datetime | None
     revoked: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _broker_user(cls, token: Any) -> Any:
+        if getattr(token, "broker_hash", None):
+            public = token.model_dump(exclude={"hash", "broker_hash"})
+            return public | {"broker_user": broker_user(token.name)}
+        return token
 
 
 class NewTokenOut(TokenOut):

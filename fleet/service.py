@@ -19,6 +19,7 @@ from fleet.bundles import BundleHTTPServer
 from fleet.control import Publisher
 from fleet.db import make_engine, upgrade
 from fleet.ingest import Ingest, subscriptions
+from fleet.integrations.runner import attach as attach_integrations
 from fleet.models import utcnow
 from fleet.presence import PresenceRules
 from fleet.rollouts import OtaStatusListener, RolloutEngine
@@ -107,6 +108,7 @@ async def serve(
     await asyncio.to_thread(upgrade, engine)
     hub = Hub()
     workers = ingest_workers(settings, engine, hub, clock)
+    integrations = attach_integrations(settings, engine, hub)  # site topics, Home Assistant discovery
     publisher = Publisher(settings.mqtt_url, f"{settings.ingest_client_id}-api")
     notifier = Notifier(settings.webhooks, settings.webhook_retries, settings.webhook_backoff_s)
     evaluator = Evaluator(engine, settings.alerts, notifier, settings.alert_interval_s, clock)
@@ -127,7 +129,12 @@ async def serve(
         clock=clock,
     )
     app.state.rollouts, app.state.loop = rollouts, asyncio.get_running_loop()
-    server = _Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+    app.state.integrations = integrations  # its counters go to /metrics
+    # Live streams (SSE) never finish by themselves: on stop, cut them after a short grace.
+    config = uvicorn.Config(
+        app, host=settings.api_host, port=settings.api_port, log_level="warning", timeout_graceful_shutdown=2
+    )
+    server = _Server(config)
     sock = _listen(settings.api_host, settings.api_port)
     parts = [
         *(asyncio.create_task(w.run(stop), name=f"ingest-{i}") for i, w in enumerate(workers)),
@@ -136,6 +143,7 @@ async def serve(
         asyncio.create_task(notifier.run(stop), name="webhooks"),
         asyncio.create_task(rollouts.run(stop), name="rollouts"),
         asyncio.create_task(listener.run(stop), name="ota-status"),
+        *([asyncio.create_task(integrations.run(stop), name="integrations")] if integrations else []),
         asyncio.create_task(stop.wait(), name="stop"),
     ]
     announcer = asyncio.create_task(_announce(server, workers, ready, listener)) if ready else None

@@ -17,6 +17,7 @@ from pydantic_settings import (
 )
 
 from fleet.alerts import AlertRules
+from fleet.integrations.config import IntegrationSettings
 
 SETTINGS_SOURCES = (
     "Settings come from, lowest to highest priority: built-in defaults; the TOML file named by "
@@ -130,6 +131,7 @@ class Settings(BaseSettings):
     bundle_rate_bps: int = Field(0, ge=0)
     rollout_interval_s: float = Field(5.0, gt=0)  # how often the rollout engine looks again
     labels_dir: Path = Path("labels")
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)  # site topics, HA
 
     @field_validator("mqtt_url", "node_broker_url")
     @classmethod

@@ -1,5 +1,6 @@
-"""Sites as files: `sites/<name>.toml` declares a site's Wi-Fi, buildings, floors, rooms, the nodes
-expected in them and their meters; `apply` makes the registry match it.
+"""Sites as files: `sites/<name>.toml` declares a site's Wi-Fi, calendar (when it is occupied),
+buildings, floors, rooms, the nodes expected in them and their meters; `apply` makes the registry
+match it.
 
 `apply` runs in one transaction and records every write in the audit log; a dry run is the same
 work rolled back, so what it shows is exactly what the real run would do. Nothing that holds data
@@ -23,6 +24,7 @@ from sqlalchemy import func
 from sqlmodel import Session, SQLModel, select
 
 from fleet import audit
+from fleet.calendar import Calendar
 from fleet.contract import DEVICE_ID
 from fleet.models import (
     Building,
@@ -89,6 +91,8 @@ class SiteSpec(_Spec):
     slug: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{1,63}$")
     name: str = Field(min_length=1, max_length=128)
     wifi: WifiSpec | None = None
+    # When the building is occupied; absent: the stored calendar (set through the API) is left alone.
+    calendar: Calendar | None = None
 
 
 class SiteFile(_Spec):
@@ -211,6 +215,7 @@ class Change:
 
 
 QUIET = ("declared", "lifecycle")  # bookkeeping, not worth a line of the diff
+BULKY = {"calendar": lambda raw: Calendar.model_validate(raw).summary() if raw else "none"}  # one-liners
 
 
 class _Applier:
@@ -229,7 +234,7 @@ class _Applier:
             obj = model(**match, **values)
             self.s.add(obj)
             self.s.flush()
-            detail = ", ".join(f"{k}={'<hidden>' if k in hide else repr(v)}" for k, v in shown.items())
+            detail = ", ".join(f"{k}={'<hidden>' if k in hide else _show(k, v)}" for k, v in shown.items())
             place = f"in {where}" if where else ""
             self.changes.append(Change("create", entity, key, ", ".join(filter(None, (place, detail)))))
             audit.record(self.s, self.who, "create", entity, key, after=self.snap(obj, hide))
@@ -238,7 +243,11 @@ class _Applier:
         if diff:
             before = self.snap(obj, hide)
             detail = ", ".join(
-                f"{k} changed" if k in hide else f"{k} {getattr(obj, k)!r} -> {v!r}"
+                f"{k} changed"
+                if k in hide
+                else f"{k} changed: {_show(k, v)}"
+                if k in BULKY
+                else f"{k} {getattr(obj, k)!r} -> {v!r}"
                 for k, v in diff.items()
                 if k in shown
             )
@@ -273,6 +282,10 @@ class _Applier:
         return self.s.exec(select(func.count()).select_from(model).filter_by(**match)).one()
 
 
+def _show(key: str, value: Any) -> str:
+    return BULKY[key](value) if key in BULKY else repr(value)
+
+
 def _wifi_password(wifi: WifiSpec, stored: SiteWifi | None) -> str:
     if wifi.password is not None:
         return wifi.password
@@ -290,7 +303,10 @@ def apply(
     """Make the registry match the file; returns the changes. A dry run rolls them all back."""
     a = _Applier(session, who, prune)
     slug = spec.site.slug
-    site = a.upsert("site", slug, Site, {"slug": slug}, {"name": spec.site.name})
+    values: dict[str, Any] = {"name": spec.site.name}
+    if spec.site.calendar is not None:
+        values["calendar"] = spec.site.calendar.model_dump(mode="json")
+    site = a.upsert("site", slug, Site, {"slug": slug}, values)
     if spec.site.wifi:
         stored = session.get(SiteWifi, site.id)
         password = _wifi_password(spec.site.wifi, stored)
@@ -418,3 +434,15 @@ def site_wifi(session: Session, site: Site) -> dict | None:
     """The site's Wi-Fi as config.json `network` wants it, if the site has one."""
     wifi = session.get(SiteWifi, site.id)
     return {"ssid": wifi.ssid, "password": wifi.password} if wifi else None
+
+
+# --- the site's calendar (API) ----------------------------------------------------------------
+def set_calendar(session: Session, site: Site, calendar: Calendar | None, who: str) -> None:
+    """Set (or with None, remove) when the site is occupied; audited; commits. Rollouts start no
+    update while it says occupied (fleet.rollouts); insight reads it too."""
+    before = audit.snapshot(site)
+    site.calendar = None if calendar is None else calendar.model_dump(mode="json")
+    session.add(site)
+    session.flush()
+    audit.record(session, who, "update", "site", site.slug, before, audit.snapshot(site))
+    session.commit()

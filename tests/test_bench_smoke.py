@@ -65,3 +65,31 @@ def test_sim_api_runs_firmware_nodes(tmp_path):
     assert report["stored_messages"] > 0
     node_mod = sys.modules["node.app"]
     assert Path(node_mod.__file__).resolve().is_relative_to(ROOT / "firmware" / "app")
+
+
+@pytest.mark.long  # ≈30 s: 3 MicroPython nodes, the fleet service, a release built twice
+def test_ota_bench_rolls_out_to_virtual_nodes_quick():
+    """bench/ota --quick: the verify and bytes figures, then a rollout to 3 real `micropython` nodes
+    through `maille serve` with its reboot baseline, all in the one summary line."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ota" / "run.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    summary = json.loads(line)
+    assert summary["bench"] == "ota" and summary["verify_ms"] > 0 and summary["delta_one_file_bytes"] > 0
+    assert (summary["rollout_status"], summary["rollout_confirmed"], summary["rollout_nodes"]) == (
+        "completed",
+        3,
+        3,
+    )
+    assert summary["bundle_bytes_served"] > 3 * summary["delta_one_file_bytes"]
+    assert summary["fleet_peak_rss_mb"] > 0 and summary["baseline_reboot_wall_s"] > 0
+    assert len(summary["rollout_wave_s"]) == len(summary["rollout_wave_sizes"]) == 2
+    details = ROOT / summary["details"]
+    assert json.loads(details.read_text())["summary"] == summary
+    details.unlink()

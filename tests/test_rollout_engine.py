@@ -1,5 +1,6 @@
-"""The rollout engine on an accelerated clock (issue 7, item 8): real database, real broker, the nodes'
-ota/status played by the test. Waves, the per-site cap with randomized start, maintenance windows,
+"""The rollout engine on an accelerated clock (issue 7, item 8): real database (SQLite, and PostgreSQL
+when configured), real broker, the nodes' ota/status played by the test. Waves, the per-site cap with
+randomized start, maintenance windows, "not while the building is occupied" from the site's calendar,
 timeouts with retries, the failure threshold, abort, and the data-continuity gate."""
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from rich.console import Console
 from sqlmodel import Session, select
 
-from fleet import contract, rollouts
+from fleet import contract, rollouts, sites
+from fleet.calendar import Calendar
+from fleet.cli import _rollout_view
 from fleet.control import Publisher
 from fleet.db import make_engine, upgrade
-from fleet.models import AuditLog, Channel, Device, Release, RolloutTarget, RolloutWave
+from fleet.models import AuditLog, Channel, Device, Release, RolloutTarget, RolloutWave, Site
 from fleet.registry import register_device
 from fleet.rollouts import RolloutSpec
 from tests.helpers import Observer, wait_until
@@ -35,8 +39,8 @@ class Clock:
 
 
 @pytest.fixture
-def world(tmp_path, broker):
-    engine = make_engine(f"sqlite:///{tmp_path / 'maille.db'}")
+def world(db_url, broker):
+    engine = make_engine(db_url)
     upgrade(engine)
     prefix = f"r{random.randrange(16**6):06x}"
     with Session(engine) as s:
@@ -83,6 +87,7 @@ def targets(engine) -> list[RolloutTarget]:
         return list(s.exec(select(RolloutTarget).order_by(RolloutTarget.id)))
 
 
+@pytest.mark.postgres_long  # engine logic: its PostgreSQL run is in `make test-long`
 def test_site_cap_randomized_start_and_maintenance_window_hold(world):
     engine, publisher, seen, prefix = world
     clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))  # a Monday, noon UTC
@@ -141,6 +146,7 @@ def test_site_cap_randomized_start_and_maintenance_window_hold(world):
     assert all(o == {"version": V, "url": f"{BASE_URL}/releases/{V}-host/manifest.json"} for o in offers)
 
 
+@pytest.mark.postgres_long  # engine logic: its PostgreSQL run is in `make test-long`
 def test_timeouts_are_retried_then_the_failure_threshold_halts_and_withdraws(world):
     engine, publisher, seen, prefix = world
     clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
@@ -187,6 +193,7 @@ def test_timeouts_are_retried_then_the_failure_threshold_halts_and_withdraws(wor
     assert offered == {contract.topic_of(t.device_id, "ota") for t in canary}
 
 
+@pytest.mark.postgres_long  # engine logic: its PostgreSQL run is in `make test-long`
 def test_data_continuity_gate_halts_when_a_channel_stops_after_the_update(world):
     engine, publisher, seen, prefix = world
     clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
@@ -232,6 +239,7 @@ def test_data_continuity_gate_halts_when_a_channel_stops_after_the_update(world)
     assert [t.state for t in targets(engine) if t.wave == 1] == ["cancelled"] * 3
 
 
+@pytest.mark.postgres_long  # engine logic: its PostgreSQL run is in `make test-long`
 def test_pause_resume_abort_are_audited_and_abort_withdraws(world):
     engine, publisher, seen, prefix = world
     clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
@@ -263,3 +271,135 @@ def test_pause_resume_abort_are_audited_and_abort_withdraws(world):
         wait_until(
             lambda topic=topic: any(t == topic and not p for t, p, _ in seen.drain()), 5, what="withdrawal"
         )
+
+
+WORKDAYS = {d: [{"start": "08:00", "end": "18:00"}] for d in ("mon", "tue", "wed", "thu", "fri")}
+
+
+def set_calendar(engine, slug: str, week: dict) -> None:
+    with Session(engine) as s:
+        site = s.exec(select(Site).where(Site.slug == slug)).one()
+        sites.set_calendar(s, site, Calendar.model_validate({"tz": "Europe/Paris", "week": week}), "ops")
+
+
+def waiting(engine, rollout_id: int, now: datetime) -> list[str]:
+    with Session(engine) as s:
+        return rollouts.describe(s, s.get(rollouts.Rollout, rollout_id), now).waiting
+
+
+def test_no_update_starts_while_the_building_is_occupied_and_the_status_says_until_when(world):
+    engine, publisher, seen, prefix = world
+    site_a = f"{prefix}-site-a"
+    set_calendar(engine, site_a, WORKDAYS)  # occupied Mon–Fri 08:00–18:00, Paris time
+    clock = Clock(datetime(2026, 3, 2, 6, 0, tzinfo=UTC))  # Monday 07:00 in Paris (CET)
+    spec = RolloutSpec(
+        release=V,
+        targets={"sites": [site_a]},
+        canary=1,
+        waves=[100],
+        site_cap=2,
+        start_jitter_s=0,
+        windows={site_a: [{"start": "17:00", "end": "23:00", "tz": "Europe/Paris"}]},
+        timeout_s=3600,
+    )
+    with Session(engine) as s:
+        rollout_id = rollouts.create_rollout(s, spec, "ops", rng=random.Random(4)).id
+    engine_ = rollouts.RolloutEngine(engine, publisher.publish, BASE_URL, clock=clock)
+    # 07:00: free, but outside the window; 12:00: occupied; 17:30: the window is open, still occupied
+    occupied = "occupied until 18:00 (Europe/Paris)"
+    for hour, why in (
+        (6, "outside its maintenance windows"),
+        (11, f"outside its maintenance windows and {occupied}"),
+        (16.5, occupied),
+    ):
+        clock.now = datetime(2026, 3, 2, tzinfo=UTC) + timedelta(hours=hour)
+        engine_.tick()
+        assert [t.state for t in targets(engine)] == ["pending"] * 6
+        assert waiting(engine, rollout_id, clock()) == [f"site {site_a} {why}: 1 devices waiting"]
+    clock.now = datetime(2026, 3, 2, 16, 59, tzinfo=UTC)
+    first_offer, capped = None, False
+    for _ in range(5 * 60):
+        engine_.tick()
+        now = clock()
+        flying = [t for t in targets(engine) if t.state == "offered"]
+        if flying and first_offer is None:
+            first_offer = now
+        for t in flying:
+            assert t.offered_at >= datetime(2026, 3, 2, 17, 0, tzinfo=UTC), (t.device_id, t.offered_at)
+            if (now - t.offered_at).total_seconds() >= 420:
+                report(engine, t.device_id, "confirmed", now, running=V)
+        if any("at its cap of 2" in w for w in waiting(engine, rollout_id, now)):
+            capped = True
+        with Session(engine) as s:
+            if s.get(rollouts.Rollout, rollout_id).status == "completed":
+                break
+        clock.advance(60)
+    else:
+        pytest.fail(f"not completed: {[(t.device_id, t.state) for t in targets(engine)]}")
+    assert first_offer == datetime(2026, 3, 2, 17, 0, tzinfo=UTC)  # 18:00 in Paris, not 17:00
+    assert capped and waiting(engine, rollout_id, clock()) == []
+    assert clock() < datetime(2026, 3, 2, 22, 0, tzinfo=UTC)  # done inside the window
+
+
+def test_updates_running_when_occupancy_starts_finish_and_the_next_wave_waits(world):
+    engine, publisher, seen, prefix = world
+    site_a, site_b = f"{prefix}-site-a", f"{prefix}-site-b"
+    set_calendar(engine, site_b, {"mon": [{"start": "12:30", "end": "14:00"}]})
+    set_calendar(engine, site_a, WORKDAYS)
+    clock = Clock(datetime(2026, 3, 2, 11, 0, tzinfo=UTC))  # Monday 12:00 in Paris: site B still free
+    spec = RolloutSpec(
+        release=V, targets={"sites": [site_b]}, canary=2, waves=[100], start_jitter_s=0, timeout_s=7200
+    )
+    with Session(engine) as s:
+        rollout_id = rollouts.create_rollout(s, spec, "ops", rng=random.Random(6)).id
+    engine_ = rollouts.RolloutEngine(engine, publisher.publish, BASE_URL, clock=clock)
+    engine_.tick()
+    canary = [t.device_id for t in targets(engine) if t.state == "offered"]
+    assert len(canary) == 2
+    clock.advance(35 * 60)  # 12:35: occupied; the two updates already running go on
+    engine_.tick()
+    assert {t.device_id: t.state for t in targets(engine) if t.wave == 0} == dict.fromkeys(canary, "offered")
+    for d in canary:
+        report(engine, d, "confirmed", clock(), running=V)
+    engine_.tick()  # the canary passed; wave 1 may not start before 14:00
+    assert [t.state for t in targets(engine) if t.wave == 1] == ["pending", "pending"]
+    why = f"site {site_b} occupied until 14:00 (Europe/Paris): 2 devices waiting"
+    assert waiting(engine, rollout_id, clock()) == [why]
+    with Session(engine) as s:  # and `maille rollout status` shows it
+        shown = rollouts.describe(s, s.get(rollouts.Rollout, rollout_id), clock()).model_dump(mode="json")
+    console = Console(record=True, width=200)
+    console.print(_rollout_view(shown))
+    assert f"waiting: {why}" in console.export_text()
+    clock.now = datetime(2026, 3, 2, 13, 0, tzinfo=UTC)
+    engine_.tick()
+    assert [t.state for t in targets(engine) if t.wave == 1] == ["offered", "offered"]
+    # the canary's offers were never withdrawn (no empty retained `ota` for them)
+    assert not [t for t, p, _ in seen.drain() if not p and t.split("/")[2] in canary]
+    # an operator may choose to ignore the calendar: site A is occupied, its devices start at once
+    spec = RolloutSpec(
+        release=V, targets={"sites": [site_a]}, canary=6, waves=[100], start_jitter_s=0, avoid_occupied=False
+    )
+    with Session(engine) as s:
+        ignoring = rollouts.create_rollout(s, spec, "ops", rng=random.Random(7)).id
+    engine_.tick()
+    assert sum(t.state == "offered" and t.rollout_id == ignoring for t in targets(engine)) == 5  # site cap
+    assert waiting(engine, ignoring, clock()) == [
+        f"site {site_a} at its cap of 5 updates at once: 1 devices waiting"
+    ]
+
+
+def test_a_calendar_stored_broken_holds_the_site(world):
+    engine, publisher, seen, prefix = world
+    site_b = f"{prefix}-site-b"
+    with Session(engine) as s:
+        s.exec(select(Site).where(Site.slug == site_b)).one().calendar = {"tz": "Mars/Olympus"}
+        s.commit()
+        spec = RolloutSpec(release=V, targets={"sites": [site_b]}, canary=1, waves=[100], start_jitter_s=0)
+        rollout_id = rollouts.create_rollout(s, spec, "ops", rng=random.Random(1)).id
+    clock = Clock(datetime(2026, 3, 2, 12, 0, tzinfo=UTC))
+    rollouts.RolloutEngine(engine, publisher.publish, BASE_URL, clock=clock).tick()
+    assert {t.state for t in targets(engine)} == {"pending"}
+    assert waiting(engine, rollout_id, clock()) == [
+        f"site {site_b} has an invalid calendar (Value error, unknown time zone 'Mars/Olympus'): "
+        "1 devices waiting"
+    ]

@@ -1,4 +1,5 @@
-"""`maille site apply`: the shipped site files, a change, --dry-run, --prune, validation errors."""
+"""`maille site apply`: the shipped site files, a change, --dry-run, --prune, validation errors; the
+site's calendar from its file and through the API (roles, audit, problem+json)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,25 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
+from fleet.api import create_app
+from fleet.auth import Role, create_token
 from fleet.cli import app
 from fleet.db import make_engine, upgrade
-from fleet.models import AuditLog, Building, Device, DeviceCredential, DeviceSensor, Floor, Room, SiteWifi
+from fleet.models import (
+    AuditLog,
+    Building,
+    Device,
+    DeviceCredential,
+    DeviceSensor,
+    Floor,
+    Room,
+    Site,
+    SiteWifi,
+)
 from fleet.registry import create_device
 from fleet.sites import find_room
 
@@ -132,3 +146,108 @@ def test_errors_name_the_file_and_line(maille, tmp_path):
     assert "room '2.14' appears twice" in out
     with Session(maille.engine) as s:
         assert s.exec(select(Building)).all() == []
+
+
+CALENDAR = """
+[site.calendar]
+tz = "Europe/Paris"
+closed = [{ start = 2026-12-19, end = 2027-01-03, name = "Noël" }]
+
+[site.calendar.week]
+mon = [{ start = "08:00", end = "12:00" }, { start = "13:30", end = "19:00" }]
+tue = [{ start = "08:00", end = "19:00" }]
+"""
+
+
+def with_calendar(tmp_path: Path, calendar: str, name: str = "bliiida.toml") -> Path:
+    text = (SITES / "bliiida.toml").read_text()
+    path = tmp_path / name
+    path.write_text(text.replace("\n[[building]]", calendar + "\n[[building]]", 1))
+    return path
+
+
+def stored_calendar(engine) -> dict | None:
+    with Session(engine) as s:
+        return s.exec(select(Site).where(Site.slug == "bliiida")).one().calendar
+
+
+def test_the_site_file_sets_the_calendar(maille, tmp_path):
+    out = maille("site", "apply", with_calendar(tmp_path, CALENDAR))
+    assert "calendar=Europe/Paris, 3 weekly spans on 2 days, 1 closures" in out
+    cal = stored_calendar(maille.engine)
+    assert cal["week"]["mon"][1] == {"start": "13:30:00", "end": "19:00:00"}
+    assert cal["closed"] == [{"start": "2026-12-19", "end": "2027-01-03", "name": "Noël"}]
+    assert "bliiida: 0 changed" in maille("site", "apply", with_calendar(tmp_path, CALENDAR))
+    later = CALENDAR.replace(
+        'tue = [{ start = "08:00", end = "19:00" }]', 'tue = [{ start = "09:00", end = "19:00" }]'
+    )
+    out = maille("site", "apply", with_calendar(tmp_path, later))
+    assert "~ update site bliiida: calendar changed: Europe/Paris, 3 weekly spans" in out
+    assert stored_calendar(maille.engine)["week"]["tue"] == [{"start": "09:00:00", "end": "19:00:00"}]
+    # a file without a calendar leaves the stored one (set through the API, say) alone
+    assert "bliiida: 0 changed" in maille("site", "apply", SITES / "bliiida.toml")
+    assert stored_calendar(maille.engine)["week"]["tue"][0]["start"] == "09:00:00"
+
+
+def test_a_bad_calendar_in_the_file_names_its_line(maille, tmp_path):
+    bad = with_calendar(tmp_path, CALENDAR.replace("Europe/Paris", "Europe/Metz"))
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if "Europe/Metz" in t)
+    out = maille("site", "apply", bad, code=1)
+    assert f"{bad}:{line}: site.calendar.tz: Value error, unknown time zone 'Europe/Metz'" in out
+    bad = with_calendar(tmp_path, CALENDAR.replace('"13:30"', '"11:30"'))
+    out = maille("site", "apply", bad, code=1)
+    assert "mon: spans 08:00:00–12:00:00 and 11:30:00–19:00:00 overlap" in " ".join(out.split())
+    with Session(maille.engine) as s:
+        assert s.exec(select(Site)).all() == []
+
+
+def test_calendar_api_roles_audit_and_problems(maille):
+    maille("site", "apply", SITES / "bliiida.toml")
+    maille("site", "apply", SITES / "ecole-example.toml")
+    with Session(maille.engine) as s:
+        secret = {
+            name: create_token(s, name, role, sites)[1]
+            for name, role, sites in (
+                ("ops", Role.operator, ()),
+                ("viewer", Role.viewer, ()),
+                ("tech", Role.technician, ()),
+                ("ecole-ops", Role.operator, ("ecole-example",)),
+            )
+        }
+    api = TestClient(create_app(maille.engine))
+
+    def call(method: str, who: str, **kw):
+        return api.request(
+            method, "/api/v1/sites/bliiida/calendar", headers={"Authorization": f"Bearer {secret[who]}"}, **kw
+        )
+
+    def problem(r, status: int, detail: str) -> None:
+        assert r.status_code == status and r.headers["content-type"] == "application/problem+json", r.text
+        assert detail in r.json()["detail"], r.json()
+
+    body = {"tz": "Europe/Paris", "week": {"wed": [{"start": "08:00", "end": "12:00"}]}}
+    problem(call("GET", "viewer"), 404, "site bliiida has no calendar")
+    problem(call("PUT", "viewer", json=body), 403, "")
+    problem(call("PUT", "tech", json=body), 403, "")
+    problem(call("PUT", "ecole-ops", json=body), 403, "")
+    overlap = {"week": {"wed": [{"start": "08:00", "end": "12:00"}, {"start": "11:00", "end": "13:00"}]}}
+    problem(
+        call("PUT", "ops", json=overlap), 422, "wed: spans 08:00:00–12:00:00 and 11:00:00–13:00:00 overlap"
+    )
+    problem(call("PUT", "ops", json={"tz": "Mars/Olympus"}), 422, "unknown time zone 'Mars/Olympus'")
+    problem(call("PUT", "ops", json={"week": {"wed": [{"start": "8h", "end": "12:00"}]}}), 422, "start")
+    assert stored_calendar(maille.engine) is None
+    r = call("PUT", "ops", json=body)
+    assert r.status_code == 200 and r.json()["week"]["wed"] == [{"start": "08:00:00", "end": "12:00:00"}]
+    assert call("GET", "viewer").json() == r.json() == stored_calendar(maille.engine) | {"closed": []}
+    with Session(maille.engine) as s:
+        entry = s.exec(select(AuditLog).where(AuditLog.who == "ops")).one()
+        assert (entry.action, entry.entity, entry.entity_id) == ("update", "site", "bliiida")
+        assert entry.before["calendar"] is None and entry.after["calendar"]["tz"] == "Europe/Paris"
+    problem(
+        api.get("/api/v1/sites/nowhere/calendar", headers={"Authorization": f"Bearer {secret['ops']}"}),
+        404,
+        "no site 'nowhere'",
+    )
+    assert call("DELETE", "ops").status_code == 204
+    problem(call("GET", "ops"), 404, "has no calendar")

@@ -1,7 +1,7 @@
 # ruff: noqa: E402  (runs as a script under micropython: imports follow the measurements)
 # Runs inside the unix-port micropython (or CPython): the node app's sensing path on the classroom
 # board in an accelerated simulated building, measuring heap and CPU. Prints one JSON line.
-# ARGS (or argv): <config.json> <cycles> <noise seconds>
+# ARGS (or argv): <config.json> <cycles> <noise seconds> [<modules to load first, comma-separated>]
 import gc
 import json
 import sys
@@ -25,6 +25,11 @@ def alloc():
     return gc.mem_alloc() if MP else 0
 
 
+def live():
+    gc.collect()
+    return alloc()
+
+
 def empty_loop(n):
     t0 = ticks_us()
     for _ in range(n):
@@ -40,7 +45,10 @@ cfg = json.load(open(ARGS[1]))
 cycles = int(ARGS[2])
 noise_s = float(ARGS[3])
 # The noise pipeline first, on its own: samples per second through the A-weighting.
+pre_noise = live()
 from node.sensors import noise
+
+noise_code = live() - pre_noise  # node.bus, node.sensors and the noise driver: part of sensing
 
 
 class Silent:
@@ -59,10 +67,26 @@ gc.collect()
 base = alloc()
 from node import app  # the whole app, as a node loads it
 
+# Parts (ARGS[4], from a first run: the node.sim modules it loaded): the simulated world's code and
+# its building go in before the sensors, so what is left is the node proper, what an ESP32 holds.
+parts = {"noise_code": noise_code, "node_core": live() - base}
+if len(ARGS) > 4:
+    mark = live()
+    for m in ARGS[4].split(","):
+        __import__(m)
+    parts["sim_code"] = live() - mark
+    mark = live()
+    if "building" in cfg:
+        from node.sim import building
+
+        building.install(cfg["building"])
+    parts["sim_building"] = live() - mark
+mark = live()
 node = app.Node(cfg)
 node.build_sensors()
 gc.collect()
 loaded = alloc()
+parts["sensing"] = loaded - mark  # sampler, drivers and their objects (+ the fakes' objects)
 peak_live = loaded
 peak = loaded
 cycle_us = []
@@ -100,6 +124,8 @@ print(
             "empty_loop_10k_us": ref,
             "cycle_vs_empty_loop": round(med / ref, 2) if ref else None,
             "noise_samples_per_s": rates,
+            "heap_parts_bytes": parts,
+            "sim_modules": sorted(m for m in sys.modules if m.startswith("node.sim")),
             "faults": s.faults,
             "reports": s.reports,
         }

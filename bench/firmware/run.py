@@ -1,7 +1,9 @@
-"""Firmware bench on the unix port: the node app's heap high-water mark under -X heapsize, CPU time
-per reporting cycle against an empty loop on the same interpreter, and the noise pipeline's
-throughput against the real-time rates it must sustain. One JSON line on stdout; details in
-bench/results/firmware-<time>.json.
+"""Firmware bench on the unix port: the node app's heap high-water mark under -X heapsize, per
+configuration (the app run from source, compiled on the node, and from the .mpy files mpy-cross
+makes, which is what an ESP32 gets), CPU time per reporting cycle against an empty loop on the same
+interpreter, and the noise pipeline's throughput against the real-time rates it must sustain. One
+JSON line on stdout (the source configuration's figures, and `mpy` with the other's heap figures);
+details in bench/results/firmware-<time>.json.
 
     python bench/firmware/run.py [--quick] [--heapsize 256k]
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from provisioning.mpy import compile_sources  # noqa: E402
 from provisioning.tree import FIRMWARE  # noqa: E402
 from provisioning.virtual import micropython_executable  # noqa: E402
 
@@ -40,18 +43,54 @@ def classroom_config() -> dict:
     }
 
 
-def probe(heapsize: str, cycles: int, noise_s: float) -> dict:
+def compiled_app(into: Path) -> Path:
+    """The app package as .mpy files under `into` (mpy-cross for the unix port, as boards get it)."""
+    src = FIRMWARE / "app"
+    sources = {
+        p.relative_to(src).as_posix(): p.read_bytes()
+        for p in src.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    for rel, data in compile_sources(sources, "host").items():
+        (into / rel).parent.mkdir(parents=True, exist_ok=True)
+        (into / rel).write_bytes(data)
+    return into
+
+
+def run_probe(
+    heapsize: str, cycles: int, noise_s: float, mpy: bool, first: list[str] | None = None
+) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "config.json"
         cfg.write_text(json.dumps(classroom_config()))
-        prelude = f"import sys\nsys.path.insert(0, {str(FIRMWARE / 'app')!r})\n"
-        code = prelude + f"ARGS = {['probe', str(cfg), str(cycles), str(noise_s)]!r}\n"
+        app = compiled_app(Path(d) / "app") if mpy else FIRMWARE / "app"
+        prelude = f"import sys\nsys.path.insert(0, {str(app)!r})\n"
+        args = ["probe", str(cfg), str(cycles), str(noise_s)] + ([",".join(first)] if first else [])
+        code = prelude + f"ARGS = {args!r}\n"
         code += PROBE.read_text()
         cmd = [micropython_executable(), "-X", f"heapsize={heapsize}", "-c", code]
-        r = subprocess.run(cmd, capture_output=True, text=True, cwd=d, timeout=600)
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=d, timeout=600)
+
+
+def probe(
+    heapsize: str, cycles: int, noise_s: float, mpy: bool = False, first: list[str] | None = None
+) -> dict:
+    r = run_probe(heapsize, cycles, noise_s, mpy, first)
     if r.returncode != 0:
         raise SystemExit(f"probe failed:\n{r.stdout}\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def smallest_heap_kb(cycles: int, mpy: bool, lo: int = 64, hi: int = 1024, step: int = 8) -> int:
+    """The high-water mark that matters: the smallest -X heapsize (KB, to `step`) in which the app
+    loads and runs `cycles` reporting cycles without a MemoryError (fragmentation included)."""
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if run_probe(f"{mid}k", cycles, 0.05, mpy).returncode == 0:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def main() -> None:
@@ -61,6 +100,9 @@ def main() -> None:
     args = ap.parse_args()
     cycles, noise_s = (5, 0.2) if args.quick else (200, 2.0)
     p = probe(args.heapsize, cycles, noise_s)
+    m = probe(args.heapsize, cycles, noise_s, mpy=True)
+    # Again with the simulated world loaded first: its share of the heap against the node proper's.
+    parts = probe(args.heapsize, cycles, noise_s, mpy=True, first=m["sim_modules"])["heap_parts_bytes"]
     summary = {
         "bench": "firmware",
         "runtime": "micropython-unix",
@@ -74,13 +116,21 @@ def main() -> None:
         "cycle_vs_empty_loop": p["cycle_vs_empty_loop"],
         "noise_16k_realtime_x": round(p["noise_samples_per_s"]["16000"] / 16000, 2),
         "noise_48k_realtime_x": round(p["noise_samples_per_s"]["48000"] / 48000, 2),
+        "mpy": {k: round(m[f"heap_{k}_bytes"] / 1024, 1) for k in ("app", "loaded", "peak", "peak_live")},
+        # .mpy, after load: the simulated world (sim_*: no such thing on an ESP32) and the node proper
+        "heap_parts_kb": {k: round(v / 1024, 1) for k, v in parts.items()},
+        "smallest_heap_kb": smallest_heap_kb(cycles, mpy=False),
     }
+    summary["mpy"]["smallest_heap_kb"] = smallest_heap_kb(cycles, mpy=True)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     details = out / f"firmware-{time.strftime('%Y%m%d-%H%M%S')}.json"
     summary["details"] = str(details.relative_to(ROOT))
     details.write_text(
-        json.dumps({"summary": summary, "probe": p, "cycles": cycles, "noise_s": noise_s}, indent=1)
+        json.dumps(
+            {"summary": summary, "probe": p, "probe_mpy": m, "cycles": cycles, "noise_s": noise_s},
+            indent=1,
+        )
     )
     print(json.dumps(summary))
 

@@ -1,7 +1,8 @@
 """Ingest benchmark: Maille's ingest rate to committed rows against a bare paho-mqtt subscriber.
 
 In one run, on one private Mosquitto: K device connections (the firmware's MQTTClient, see
-fleet/sim.py) publish M QoS 1 telemetry messages (2 readings each) as fast as the broker takes them.
+fleet/sim.py), shared by P publishing processes (one process alone caps the offered rate), publish M
+QoS 1 telemetry messages (2 readings each) as fast as the broker takes them.
 Subscribed to the same topics at the same time:
   (a) a bare paho-mqtt subscriber (QoS 1) counting messages: rate = M / (last received - first publish);
   (b) `fleet.ingest.Ingest` on a fresh database: rate = M / (all 2M rows counted in the database -
@@ -14,7 +15,7 @@ broker never has more than max_inflight unacknowledged messages out to ingest, s
 can never hold more).
 
 Usage: run.py [--messages M] [--devices K] [--runs N] [--db sqlite|postgres|both] [--inflight 100,1000]
-              [--profile] [--quick]
+              [--publishers P] [--profile] [--quick]
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from bench.common import (  # noqa: E402
     machine,
     median,
     postgres_available,
+    shipped_inflight,
     source,
 )
 
@@ -83,14 +85,6 @@ class Proc:
             self.p.wait()
 
 
-def shipped_inflight() -> int:
-    import re
-
-    from fleet.broker import QUEUE_SETTINGS
-
-    return int(re.search(r"max_inflight_messages (\d+)", QUEUE_SETTINGS).group(1))
-
-
 def proc_cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -111,8 +105,11 @@ def find_pyspy() -> str | None:
     )
 
 
-def one_run(kind: str, inflight: int | None, a, run_no: int, profile_to: Path | None) -> dict:
-    from sqlalchemy import create_engine, text
+def one_run(kind: str, inflight: int | None, mode: str, a, run_no: int, profile_to: Path | None) -> dict:
+    """One measurement. `live`: ingest and the bare subscriber receive while the publishers publish.
+    `backlog`: the publishers first fill both receivers' persistent sessions at the broker, then both
+    receivers connect at once and drain it: their rates with the publishers out of the way."""
+    from sqlalchemy import create_engine
 
     from fleet.db import normalize_url
     from fleet.sim import add_broker_users, device_ids, register_devices
@@ -125,76 +122,47 @@ def one_run(kind: str, inflight: int | None, a, run_no: int, profile_to: Path | 
     ):
         broker = BenchBroker(Path(tmp) / "broker", max_inflight=inflight).start()
         procs: list[Proc] = []
+
+        def start(*args: str) -> Proc:
+            procs.append(Proc(list(args)))
+            return procs[-1]
+
+        ingest_args = ["ingest", "--db", url, "--mqtt", broker.fleet_url, "--client-id", "bench-ingest"]
+        bare_args = ["bare", "--mqtt", broker.fleet_url, "--client-id", "bench-bare", "--persistent"]
+        bare_args += ["--timeout", str(a.timeout)]
         spy = None
         try:
             ids = device_ids(a.devices, "bench")
             add_broker_users(broker, ids, PASSWORD)
             register_devices(url, ids, site="bench")
-            ingest = Proc(["ingest", "--db", url, "--mqtt", broker.fleet_url])
-            procs.append(ingest)
-            ingest.wait_ready()
-            bare = Proc(["bare", "--mqtt", broker.fleet_url, "--expect", str(m), "--timeout", str(a.timeout)])
-            procs.append(bare)
-            bare.wait_ready()
-            pub = Proc(
-                [
-                    "publish",
-                    "--host",
-                    broker.host,
-                    "--port",
-                    str(broker.port),
-                    "--password",
-                    PASSWORD,
-                    "--devices",
-                    str(a.devices),
-                    "--per-device",
-                    str(per_device),
-                    "--window",
-                    str(a.window),
-                ]
-            )
-            procs.append(pub)
-            pub.wait_ready()
-            if profile_to is not None:
-                spy = subprocess.Popen(
-                    [
-                        find_pyspy(),
-                        "record",
-                        "--pid",
-                        str(ingest.p.pid),
-                        "--format",
-                        "raw",
-                        "--rate",
-                        "200",
-                        "--threads",
-                        "--output",
-                        str(profile_to),
-                        "--nonblocking",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                time.sleep(1.0)
+            if mode == "live":
+                ingest = start(*ingest_args)
+                ingest.wait_ready()
+                bare = start(*bare_args, "--expect", str(m))
+                bare.wait_ready()
+            else:  # leave both sessions subscribed at the broker, and go
+                away = start(*ingest_args)
+                away.wait_ready()
+                away.send("stop")
+                away.result()
+                start(*bare_args, "--expect", "0").result()
+            pubs = [start(*publisher_args(broker, a, per_device, i)) for i in range(a.publishers)]
+            for pub in pubs:
+                pub.wait_ready()
             mosq_cpu0 = proc_cpu_seconds(broker.proc.pid)
+            if mode == "live":
+                spy = profile(ingest, profile_to)
+                t_go = time.time()
+            for pub in pubs:
+                pub.send("go")
+            pub_res = merge_publishers([pub.result() for pub in pubs])
+            if mode == "backlog":  # every message is queued for both sessions: let them drain it
+                t_go = time.time()
+                ingest = start(*ingest_args)
+                bare = start(*bare_args, "--expect", str(m))
+                spy = profile(ingest, profile_to)
             engine = create_engine(normalize_url(url))
-            target = m * READINGS_PER_MESSAGE
-            t_go = time.time()
-            pub.send("go")
-            done_at, count, last_progress, last_count = None, 0, time.monotonic(), -1
-            with engine.connect() as conn:
-                while True:
-                    count = conn.execute(text("SELECT count(*) FROM reading")).scalar_one()
-                    conn.rollback()  # a fresh snapshot for the next poll
-                    now = time.time()
-                    if count >= target:
-                        done_at = now
-                        break
-                    if count != last_count:
-                        last_count, last_progress = count, time.monotonic()
-                    elif time.monotonic() - last_progress > a.stall:
-                        log(f"  ingest stalled at {count}/{target} rows")
-                        break
-                    time.sleep(0.02)
+            done_at, count = wait_for_rows(engine, m * READINGS_PER_MESSAGE, a.stall)
             engine.dispose()
             mosq_cpu = (proc_cpu_seconds(broker.proc.pid) or 0) - (mosq_cpu0 or 0)
             if spy is not None:
@@ -203,7 +171,6 @@ def one_run(kind: str, inflight: int | None, a, run_no: int, profile_to: Path | 
                     spy.wait(30)
                 except subprocess.TimeoutExpired:
                     spy.kill()
-            pub_res = pub.result()
             bare_res = bare.result(timeout=a.timeout)
             ingest.send("stop")
             ing_res = ingest.result()
@@ -212,15 +179,21 @@ def one_run(kind: str, inflight: int | None, a, run_no: int, profile_to: Path | 
                 p.kill()
             broker.stop()
     first = pub_res["first_publish"]
-    bare_rate = bare_res["received"] / (bare_res["last_rx"] - first) if bare_res["last_rx"] else 0.0
-    ingest_rate = m / (done_at - first) if done_at else 0.0
+    if mode == "live":  # from the first publish, for both
+        bare_from, ingest_from = first, first
+    else:  # from each one's own (re)connection
+        bare_from, ingest_from = bare_res["connected_at"], ing_res["started"]
+    bare_rate = bare_res["received"] / (bare_res["last_rx"] - bare_from) if bare_res["last_rx"] else 0.0
+    ingest_rate = m / (done_at - ingest_from) if done_at else 0.0
     publish_rate = m / (pub_res["last_puback"] - first)
     r = {
         "db": kind,
+        "mode": mode,
         "inflight": inflight if inflight is not None else shipped_inflight(),
         "run": run_no,
         "messages": m,
         "devices": a.devices,
+        "publishers": a.publishers,
         "publish_rate": round(publish_rate),
         "bare_rate": round(bare_rate),
         "bare_received": bare_res["received"],
@@ -229,21 +202,76 @@ def one_run(kind: str, inflight: int | None, a, run_no: int, profile_to: Path | 
         "rows": count,
         "complete": done_at is not None,
         "ingest_stats": ing_res,
+        "ingest_cpu_us_per_message": round(ing_res["cpu_s"] / m * 1e6, 1) if ing_res.get("cpu_s") else None,
         "cpu_s": {
             "ingest": ing_res.get("cpu_s"),
             "bare": bare_res.get("cpu_s"),
-            "publisher": pub_res.get("cpu_s"),
+            "publishers": pub_res.get("cpu_s"),
             "mosquitto": mosq_cpu,
         },
-        "wall_s": (done_at or time.time()) - first,
-        "go_to_first_publish_s": first - t_go,
+        "wall_s": (done_at or time.time()) - ingest_from,
+        "go_to_first_publish_s": first - t_go if mode == "live" else None,
         "publish_errors": pub_res["errors"],
     }
     log(
-        f"  {kind} inflight={r['inflight']} run {run_no}: publish {r['publish_rate']}/s, "
-        f"bare {r['bare_rate']}/s, ingest {r['ingest_rate']}/s, ratio {r['ratio']}, cpu {r['cpu_s']}"
+        f"  {kind} {mode} inflight={r['inflight']} run {run_no}: publish {r['publish_rate']}/s, "
+        f"bare {r['bare_rate']}/s, ingest {r['ingest_rate']}/s, ratio {r['ratio']}, "
+        f"ingest {r['ingest_cpu_us_per_message']} µs CPU/message, cpu {r['cpu_s']}"
     )
     return r
+
+
+def publisher_args(broker, a, per_device: int, part: int) -> list[str]:
+    return [
+        "publish",
+        *("--host", broker.host, "--port", str(broker.port), "--password", PASSWORD),
+        *("--devices", str(a.devices), "--per-device", str(per_device), "--window", str(a.window)),
+        *("--part", str(part), "--parts", str(a.publishers)),
+    ]
+
+
+def profile(proc: Proc, to: Path | None) -> subprocess.Popen | None:
+    """py-spy on `proc`, sampling only what holds the GIL (the interpreter is what bounds ingest)."""
+    if to is None:
+        return None
+    spy = subprocess.Popen(
+        [find_pyspy(), "record", "--pid", str(proc.p.pid), "--format", "raw", "--rate", "200"]
+        + ["--threads", "--gil", "--output", str(to), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    return spy
+
+
+def wait_for_rows(engine, target: int, stall: float) -> tuple[float | None, int]:
+    """Poll `SELECT count(*) FROM reading` every 20 ms: (time it reached `target` or None, last count)."""
+    from sqlalchemy import text
+
+    count, last_progress, last_count = 0, time.monotonic(), -1
+    with engine.connect() as conn:
+        while True:
+            count = conn.execute(text("SELECT count(*) FROM reading")).scalar_one()
+            conn.rollback()  # a fresh snapshot for the next poll
+            now = time.time()
+            if count >= target:
+                return now, count
+            if count != last_count:
+                last_count, last_progress = count, time.monotonic()
+            elif time.monotonic() - last_progress > stall:
+                log(f"  ingest stalled at {count}/{target} rows")
+                return None, count
+            time.sleep(0.02)
+
+
+def merge_publishers(results: list[dict]) -> dict:
+    """The publishers as one: from the first publish of any to the last PUBACK of all."""
+    return {
+        "first_publish": min(r["first_publish"] for r in results),
+        "last_puback": max(r["last_puback"] for r in results),
+        "errors": sum(r["errors"] for r in results),
+        "cpu_s": sum(r["cpu_s"] for r in results),
+    }
 
 
 def summarize_profile(path: Path, top: int = 25) -> dict:
@@ -277,17 +305,25 @@ def main() -> None:
     p.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     p.add_argument(
         "--inflight",
-        default="100,1000",
+        default="1000",
         help="broker max_inflight_messages values to compare (1000 = shipped config, 100 = the old one)",
     )
     p.add_argument("--window", type=int, default=16, help="QoS 1 publishes in flight per device connection")
+    p.add_argument(
+        "--publishers", type=int, default=2, help="publishing processes (one alone caps the offered rate)"
+    )
     p.add_argument("--timeout", type=float, default=600)
     p.add_argument("--stall", type=float, default=20, help="give up when no row was added for this long")
     p.add_argument("--profile", action="store_true", help="py-spy the ingest process in the last run")
+    p.add_argument(
+        "--mode",
+        default="live,backlog",
+        help="live: receive while the publishers publish; backlog: drain what they queued first",
+    )
     p.add_argument("--quick", action="store_true", help="tiny run for the smoke test")
     a = p.parse_args()
     if a.quick:
-        a.messages, a.devices, a.runs, a.inflight = 400, 4, 1, "1000"
+        a.messages, a.devices, a.runs, a.inflight, a.publishers = 400, 4, 1, "1000", 1
         a.db = "sqlite" if a.db == "both" else a.db
     kinds = ["sqlite", "postgres"] if a.db == "both" else [a.db]
     skipped = []
@@ -296,17 +332,18 @@ def main() -> None:
         skipped.append("postgres (not reachable: set MAILLE_BENCH_POSTGRES_URL)")
         log("postgres not reachable: skipped")
     inflights = [int(x) for x in a.inflight.split(",")]
+    modes = a.mode.split(",")
+    cases = [(kind, mode, inflight) for kind in kinds for mode in modes for inflight in inflights]
     runs, profiles = [], {}
-    for kind in kinds:
-        for inflight in inflights:
-            for n in range(a.runs):
-                prof = None
-                if a.profile and n == a.runs - 1 and find_pyspy():
-                    RESULTS.mkdir(parents=True, exist_ok=True)
-                    prof = RESULTS / f"ingest-profile-{kind}-{inflight}-{int(time.time())}.txt"
-                runs.append(one_run(kind, inflight, a, n + 1, prof))
-                if prof is not None and prof.exists():
-                    profiles[f"{kind}/inflight={inflight}"] = {"raw": str(prof), **summarize_profile(prof)}
+    for kind, mode, inflight in cases:
+        for n in range(a.runs):
+            prof = None
+            if a.profile and n == a.runs - 1 and find_pyspy():
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                prof = RESULTS / f"ingest-profile-{kind}-{mode}-{inflight}-{int(time.time())}.txt"
+            runs.append(one_run(kind, inflight, mode, a, n + 1, prof))
+            if prof is not None and prof.exists():
+                profiles[f"{kind}/{mode}/inflight={inflight}"] = {"raw": str(prof), **summarize_profile(prof)}
     summary: dict = {
         "messages": runs[0]["messages"] if runs else 0,
         "devices": a.devices,
@@ -314,20 +351,23 @@ def main() -> None:
         "cores": machine()["cores"],
         "results": {},
     }
-    for kind in kinds:
-        for inflight in inflights:
-            rs = [r for r in runs if r["db"] == kind and r["inflight"] == inflight]
-            summary["results"][f"{kind}/inflight={inflight}"] = {
-                "ingest_rate": median([r["ingest_rate"] for r in rs]),
-                "bare_rate": median([r["bare_rate"] for r in rs]),
-                "publish_rate": median([r["publish_rate"] for r in rs]),
-                "ratio": median([r["ratio"] for r in rs]),
-                "complete": all(r["complete"] for r in rs),
-            }
-    sq = summary["results"].get(f"sqlite/inflight={inflights[-1]}")
-    if sq:
-        summary["sqlite_ingest_rate"] = sq["ingest_rate"]
-        summary["sqlite_ratio"] = sq["ratio"]
+    for kind, mode, inflight in cases:
+        rs = [r for r in runs if (r["db"], r["mode"], r["inflight"]) == (kind, mode, inflight)]
+        summary["results"][f"{kind}/{mode}/inflight={inflight}"] = {
+            "ingest_rate": median([r["ingest_rate"] for r in rs]),
+            "bare_rate": median([r["bare_rate"] for r in rs]),
+            "publish_rate": median([r["publish_rate"] for r in rs]),
+            "ratio": median([r["ratio"] for r in rs]),
+            "ingest_cpu_us_per_message": median([r["ingest_cpu_us_per_message"] for r in rs]),
+            "complete": all(r["complete"] for r in rs),
+        }
+    for mode in modes:  # the headline: SQLite at the shipped broker config, live (else the first mode)
+        sq = summary["results"].get(f"sqlite/{mode}/inflight={inflights[-1]}")
+        if sq:
+            summary[f"sqlite_{mode}_ingest_rate"] = sq["ingest_rate"]
+            summary[f"sqlite_{mode}_ratio"] = sq["ratio"]
+            if mode == "live" or "sqlite_ratio" not in summary:
+                summary["sqlite_ingest_rate"], summary["sqlite_ratio"] = sq["ingest_rate"], sq["ratio"]
     summary["target"] = {"sqlite_ingest_rate": 20000, "ratio": 0.5}
     if skipped:
         summary["skipped"] = skipped

@@ -2,7 +2,8 @@
 
 - `ingest`: Maille's `fleet.ingest.Ingest` on the given database, as the fleet service runs it;
 - `bare`: a bare paho-mqtt subscriber (QoS 1) counting the same telemetry;
-- `publish`: K device connections (the firmware's MQTTClient via fleet.sim) publishing M messages.
+- `publish`: device connections (the firmware's MQTTClient via fleet.sim) publishing their messages;
+  `--part I --parts P` takes every P-th of the K devices, so P processes share the publishing.
 
 Each prints `ready` once set up, then a JSON line with its figures. `ingest` and `publish` wait for a
 line on stdin (`go`, or end of input to stop).
@@ -59,11 +60,11 @@ async def run_ingest(a) -> None:
         kwargs["batch_size"] = a.batch_size
     ingest = Ingest(engine, a.mqtt, **kwargs)
     stop = asyncio.Event()
+    started, cpu0 = time.time(), cpu_seconds()  # a backlog flows as soon as the session is back
     task = asyncio.create_task(ingest.run(stop))
     await asyncio.wait_for(ingest.subscribed.wait(), 30)
     say("ready")
     stdin_event(asyncio.get_running_loop(), stop)
-    cpu0 = cpu_seconds()
     await stop.wait()
     cpu = cpu_seconds() - cpu0
     await asyncio.wait_for(task, 30)
@@ -73,6 +74,7 @@ async def run_ingest(a) -> None:
             "received": s.received,
             "stored_messages": s.stored_messages,
             "stored_readings": s.stored_readings,
+            "started": started,
             "cpu_s": cpu,
         }
     )
@@ -87,7 +89,9 @@ def run_bare(a) -> None:
     t = parse_mqtt_url(a.mqtt)
     state = {"n": 0, "first": None, "last": None}
     c = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-bare-{time.monotonic_ns()}", clean_session=True
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=a.client_id or f"bench-bare-{time.monotonic_ns()}",
+        clean_session=not a.persistent,
     )
     c.username_pw_set(t.username, t.password)
 
@@ -96,6 +100,8 @@ def run_bare(a) -> None:
 
     def on_subscribe(client, userdata, mid, rcs, props=None):
         say("ready")
+        if a.expect == 0:  # only leave a persistent session subscribed
+            client.disconnect()
 
     def on_message(client, userdata, msg):
         now = time.time()
@@ -107,6 +113,7 @@ def run_bare(a) -> None:
             client.disconnect()
 
     c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    connected_at = time.time()
     c.connect(t.host, t.port, keepalive=60)
     cpu0 = cpu_seconds()
     timer = threading.Timer(a.timeout, c.disconnect)
@@ -118,6 +125,7 @@ def run_bare(a) -> None:
             "received": state["n"],
             "first_rx": state["first"],
             "last_rx": state["last"],
+            "connected_at": connected_at,
             "cpu_s": cpu_seconds() - cpu0,
         }
     )
@@ -127,7 +135,7 @@ async def run_publish(a) -> None:
     from fleet.sim import blast, connect_clients, device_ids, raise_nofile_limit
 
     raise_nofile_limit()
-    ids = device_ids(a.devices, a.prefix)
+    ids = device_ids(a.devices, a.prefix)[a.part :: a.parts]
     clients = await connect_clients(a.host, a.port, [(d, a.password) for d in ids])
     say("ready")
     go = asyncio.Event()
@@ -161,6 +169,8 @@ def main() -> None:
     b.add_argument("--mqtt", required=True)
     b.add_argument("--expect", type=int, required=True)
     b.add_argument("--timeout", type=float, default=300)
+    b.add_argument("--client-id", default="")
+    b.add_argument("--persistent", action="store_true", help="a persistent session (clean_session false)")
     u = sub.add_parser("publish")
     u.add_argument("--host", required=True)
     u.add_argument("--port", type=int, required=True)
@@ -169,6 +179,8 @@ def main() -> None:
     u.add_argument("--prefix", default="bench")
     u.add_argument("--per-device", type=int, required=True)
     u.add_argument("--window", type=int, default=16)
+    u.add_argument("--part", type=int, default=0, help="this publisher takes devices part, part+parts, …")
+    u.add_argument("--parts", type=int, default=1)
     a = p.parse_args()
     if a.role == "ingest":
         asyncio.run(run_ingest(a))

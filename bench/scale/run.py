@@ -38,6 +38,7 @@ from bench.common import (  # noqa: E402
     fresh_database,
     log,
     machine,
+    shipped_inflight,
     source,
 )
 from bench.common import rss_of as rss  # noqa: E402
@@ -70,7 +71,7 @@ def main() -> None:
         "--inflight",
         type=int,
         default=None,
-        help="broker max_inflight_messages (default: the shipped 100; see bench/README.md)",
+        help="broker max_inflight_messages (default: the shipped value; see bench/README.md)",
     )
     p.add_argument("--profile", action="store_true", help="py-spy the ingest process while the sim runs")
     p.add_argument("--quick", action="store_true", help="tiny run for the smoke test")
@@ -202,7 +203,7 @@ def main() -> None:
         "interval_s": a.interval,
         "duration_s": a.duration,
         "db": a.db,
-        "inflight": a.inflight or 100,
+        "inflight": a.inflight or shipped_inflight(),
         "cores": machine()["cores"],
     }
     details = {

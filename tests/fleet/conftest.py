@@ -42,12 +42,12 @@ def clear_retained(broker, device_id: str) -> None:
 
 @pytest.fixture
 def token(engine):
-    """Factory: a new API token (the secret) of this role, scoped to these site slugs if given."""
+    """Factory: a new API token (the secret) of this role, scoped to these site slugs and metrics if given."""
     made = iter(range(1_000_000))
 
-    def make(role: Role | str = Role.admin, *sites: str, name: str | None = None) -> str:
+    def make(role: Role | str = Role.admin, *sites: str, name: str | None = None, metrics=()) -> str:
         with Session(engine) as s:
-            return create_token(s, name or f"{role}-{next(made)}", Role(role), sites)[1]
+            return create_token(s, name or f"{role}-{next(made)}", Role(role), sites, metrics=metrics)[1]
 
     return make
 

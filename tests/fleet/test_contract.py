@@ -258,3 +258,62 @@ def test_parser_and_schema_agree_on_mutated_fixtures(path, data):
     else:
         payload[key] = data.draw(edge_values | json_values)
     assert_agree(channel, payload)
+
+
+def full_model(data: dict) -> Telemetry | None:
+    try:
+        return Telemetry.received("dev-1", data)
+    except ValueError:  # pydantic's ValidationError
+        return None
+
+
+def test_usual_telemetry_takes_the_fast_path_and_decodes_as_the_model():
+    """The firmware's own payloads are what the fast path is for: it must take them, not fall back."""
+    from fleet.contract import _usual_telemetry
+    from fleet.sim import telemetry_payloads
+
+    for raw in [*telemetry_payloads(3), *(p.read_bytes() for p in VALID if channel_of(p) == "telemetry")]:
+        data = json.loads(raw)
+        fast = _usual_telemetry("dev-1", data)
+        assert fast is not None, raw
+        assert fast == full_model(data) and fast.device_id == "dev-1"
+        assert fast.model_dump(exclude_unset=True) == full_model(data).model_dump(exclude_unset=True)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(telemetry_like)
+def test_fast_path_accepts_only_what_the_model_accepts_and_decodes_the_same(data):
+    """Anything the fast path builds, the model accepts with the same values and the same fields set;
+    whatever it leaves, the model decides (and words the rejection)."""
+    from fleet.contract import _usual_telemetry
+
+    fast = _usual_telemetry("dev-1", data)
+    if fast is None:
+        return
+    full = full_model(data)
+    assert full is not None, data
+    assert fast == full and fast.device_id == full.device_id
+    assert fast.model_dump(exclude_unset=True) == full.model_dump(exclude_unset=True)
+    assert [fast.time_of(r) for r in fast.e] == [full.time_of(r) for r in full.e]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"seq": True, "bt": 1, "e": [{"n": "t", "v": 1}]},
+        {"seq": 1, "bt": 1, "e": [{"n": "t", "v": False}]},
+        {"seq": 1, "bt": 1, "e": [{"n": "t\n", "v": 1}]},  # `$` in a Python regex allows a final \n
+        {"seq": 1, "bt": 1, "e": [{"n": "t", "u": None, "v": 1}]},
+        {"seq": 1, "bt": 1, "e": [{"n": "t", "v": 1, "t": None}]},
+        {"seq": 1, "bt": 1, "e": [{"n": "t", "v": 10**400}]},
+        {"seq": 1, "bt": 253402300799, "e": [{"n": "t", "v": 1}]},
+        {"seq": 1, "bt": 5, "e": [{"n": "t", "v": 1, "t": -6}]},
+        {"seq": 1, "bt": 1, "e": [{"n": "t", "u": "é" * 17, "v": 1}]},
+        {"seq": 1, "bt": 1, "e": [{"n": "t", "v": 1}] * 65},
+        {"seq": 1, "bt": 1, "e": [], "x": 1},
+    ],
+)
+def test_unusual_telemetry_leaves_the_fast_path(data):
+    from fleet.contract import _usual_telemetry
+
+    assert _usual_telemetry("dev-1", data) is None

@@ -2,10 +2,11 @@
 # take configuration and commands from the fleet.
 import json
 import random
+import sys
 
 import asyncio
 
-from node import VERSION, codec, config, remote, store
+from node import VERSION, codec, store
 from node.mqtt import ConnectRefused, MQTTClient, MQTTError, tls_context
 from node.outbox import Outbox
 from node.port import port
@@ -16,6 +17,23 @@ BACKOFF_MAX_MS = 60000
 HEALTHY_AFTER_MS = 20000  # online this long with data stored by the fleet: the boot counts as good
 UNTIMED_MAX = 360  # readings held while the clock is unknown
 POLL_MS = 100  # streaming sensors (noise, edges) are drained this often
+LEVELS = ("debug", "info", "warning", "error")
+OTA_MODULES = ("node.ota", "node.install", "node.httpget", "node.ed25519", "node.sha512")
+REMOTE_MODULES = ("node.remote", "node.config")
+
+
+def unload(names):
+    """Let modules imported for an occasion go, so their code is collected (their names stay
+    interned). Only on MicroPython, where the heap is the limit: CPython's simulated nodes share them."""
+    if sys.implementation.name != "micropython":
+        return
+    for name in names:
+        if sys.modules.pop(name, None) is not None:
+            pkg, _, attr = name.rpartition(".")
+            try:
+                delattr(sys.modules[pkg], attr)
+            except (KeyError, AttributeError):
+                pass
 
 
 class Node:
@@ -46,12 +64,13 @@ class Node:
         self.pending_reset = False
         self.config_version = cfg.get("config_version", 0)
         self.live = Liveness()
+        self.ota = None  # node.ota.Updater while it has something to do
 
     def topic(self, channel):
         return codec.topic(self.id, channel)
 
     def log(self, level, msg):
-        if remote.LEVELS.index(level) >= remote.LEVELS.index(self.cfg.get("log_level", "info")):
+        if LEVELS.index(level) >= LEVELS.index(self.cfg.get("log_level", "info")):
             port.log(msg)
 
     # --- sampling ---------------------------------------------------------------------------
@@ -157,11 +176,11 @@ class Node:
         if topic == self.topic("stored"):
             self.on_stored(payload, retained)
         elif topic == self.topic("config"):
-            self.on_config(payload)
+            self.on_remote(payload, True)
         elif topic == self.topic("cmd"):
-            self.on_command(payload)
+            self.on_remote(payload, False)
         elif topic == self.topic("ota"):
-            self.ota.on_offer(payload)
+            self.on_ota(payload)
 
     def on_stored(self, payload, retained=False):
         # The fleet answers each birth with a live `stored` carrying its clock: a node without NTP
@@ -179,95 +198,42 @@ class Node:
         # numbers the fleet already holds: they would be taken for repeats.
         self.seq.advance(seq + 1)
 
-    def on_config(self, payload):
+    def on_remote(self, payload, is_config):
+        # node.remote is loaded for the message and let go after: a node spends its life sampling.
+        from node import remote
+
+        (remote.on_config if is_config else remote.on_command)(self, payload)
+        unload(REMOTE_MODULES)
+
+    def on_ota(self, payload):
+        if self.ota is None:
+            if not payload:
+                return  # an offer withdrawn while no update runs: nothing to stop
+            self.start_ota(False)
+        self.ota.on_offer(payload)
+
+    def ota_due(self):
+        """The updater has work at boot: a trial to watch, a rollback or the last job to report
+        (app/active is JSON once an update has happened; data/ota.json holds the last job)."""
+        pointer = store.read_text("app/active") or "a"
+        return pointer not in ("a", "b") or store.read_text("data/ota.json") is not None
+
+    def start_ota(self, boot):
+        # Loaded only for the occasion: node.ota and, for an install, node.install with the
+        # signature code are about a third of the app's code.
+        from node import ota
+
+        self.ota = ota.Updater(self)
+        asyncio.create_task(self.ota_task(boot))
+
+    async def ota_task(self, boot):
         try:
-            # Safe mode must not load sensor code (the likely crash), so sensor types go unchecked.
-            version, settings = remote.parse_config(payload, None if self.safe else self.known_kinds())
-        except ValueError as e:
-            self.reply(remote.ack("config", "config", False, error=str(e)))
-            self.log("warning", "config: refused: %s" % e)
-            return
-        if version == self.config_version:
-            return  # the retained copy we already run, seen again after a reconnect
-        ident = "config-%d" % version
-        try:
-            self.apply_config(version, settings)
-        except Exception as e:
-            self.reply(remote.ack(ident, "config", False, error="not applied: %s" % e))
-            return
-        self.reply(remote.ack(ident, "config", True, result={"version": version}))
-        self.log("info", "config: version %d applied" % version)
-        if self.safe:
-            self.leave_safe_mode()
-
-    def known_kinds(self):
-        from node import sensors
-
-        return tuple(sensors.KINDS)
-
-    def apply_config(self, version, settings):
-        sensors_changed = "sensors" in settings and settings["sensors"] != self.cfg.get("sensors")
-        config.save_remote(version, settings)
-        self.cfg.update(settings)
-        self.cfg["config_version"] = version
-        self.config_version = version
-        if sensors_changed and not self.safe:
-            self.build_sensors()
-
-    def leave_safe_mode(self):
-        """A fix arrived: try a normal boot again."""
-        store.write_atomic("data/crashes", "0")
-        self.log("warning", "node: leaving safe mode, rebooting")
-        self.pending_reset = True
-
-    def on_command(self, payload):
-        try:
-            ident, cmd, args, expires = remote.parse_command(payload)
-        except ValueError as e:
-            self.reply(remote.ack("unknown", "unknown", False, error=str(e)))
-            return
-        if expires is not None and port.time_synced() and port.epoch() > expires:
-            self.reply(remote.ack(ident, cmd, False, error="expired"))
-            return
-        try:
-            result = self.run_command(cmd, args)
-        except Exception as e:
-            self.reply(remote.ack(ident, cmd, False, error=str(e)))
-            return
-        self.reply(remote.ack(ident, cmd, True, result=result))
-
-    def run_command(self, cmd, args):
-        if cmd == "reboot":
-            self.pending_reset = True
-            return {"rebooting": True}
-        if cmd == "identify":
-            seconds = args.get("seconds", 10)
-            port.identify(seconds)
-            self.log("info", "identify: status LED blinking for %d s" % seconds)
-            return {"seconds": seconds}
-        if cmd == "co2_recalibrate":
-            ppm = args.get("ppm")
-            if not isinstance(ppm, int) or not 300 <= ppm <= 5000:
-                raise ValueError("ppm must be an integer between 300 and 5000")
-            for s in self.sensors:
-                if hasattr(s, "forced_recalibration"):
-                    return {"correction_ppm": s.forced_recalibration(ppm)}
-            raise ValueError("no CO2 sensor on this node")
-        if cmd == "time_sync":
-            if not port.sync_time(args.get("server")):
-                raise ValueError("no answer from the time server")
-            return {"time": port.epoch()}
-        if cmd == "flush_outbox":
-            self.outbox.rewind()
-            self.wake.set()
-            return {"waiting": len(self.outbox)}
-        if cmd == "log_level":
-            level = args.get("level")
-            if level not in remote.LEVELS:
-                raise ValueError("level must be one of debug, info, warning, error")
-            self.cfg["log_level"] = level
-            return {"level": level}
-        raise ValueError("unknown command %r" % cmd)
+            await self.ota.run(boot)
+        except Exception as e:  # a failed update must not take the node down
+            self.log("error", "ota: %r" % (e,))
+        finally:
+            self.ota = None
+            unload(OTA_MODULES)
 
     def reply(self, payload):
         self.control.append(("ack", payload))
@@ -362,11 +328,10 @@ class Node:
         mode = " SAFE MODE (sensors off)" if self.safe else ""
         self.log("info", "node %s fw %s boot %d (%s) on %s%s" % (
             self.id, VERSION, self.boot, self.reset_cause, port.NAME, mode))
-        from node import ota
-
-        self.ota = ota.Updater(self)
-        tasks = [self.health_loop(), self.link_loop(), self.ota.run(),
+        tasks = [self.health_loop(), self.link_loop(),
                  feed_loop(self.live, self.cfg.get("watchdog_ms", 60000), self.log)]
+        if self.ota_due():
+            self.start_ota(True)
         if not self.safe:
             self.build_sensors()
             tasks.append(self.sample_loop())
@@ -381,9 +346,13 @@ class Node:
 
 
 def main(safe=False):
+    from node import config
+
     try:
         cfg = config.load()
     except config.ConfigError as e:
         port.log("config: " + str(e))
         return
+    config = None
+    unload(REMOTE_MODULES)  # read once at boot; node.remote brings it back to save a new config
     asyncio.run(Node(cfg, safe).run())

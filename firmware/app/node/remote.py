@@ -1,8 +1,12 @@
 # Remote configuration and commands from the fleet: validated here, so a bad message is refused
-# with a reason and the node keeps running as before.
+# with a reason and the node keeps running as before. Loaded by node.app when such a message
+# arrives and let go afterwards: a node spends its life sampling, not being reconfigured.
 import json
 
-LEVELS = ("debug", "info", "warning", "error")
+from node import store
+from node.app import LEVELS
+from node.port import port
+
 COMMANDS = ("reboot", "identify", "co2_recalibrate", "time_sync", "flush_outbox", "log_level")
 
 
@@ -80,3 +84,98 @@ def ack(id, cmd, ok, result=None, error=None):
     if error is not None:
         out["error"] = error[:200]
     return json.dumps(out)
+
+
+# --- applying them to the node ---------------------------------------------------------------------
+def on_config(node, payload):
+    try:
+        # Safe mode must not load sensor code (the likely crash), so sensor types go unchecked.
+        version, settings = parse_config(payload, None if node.safe else known_kinds())
+    except ValueError as e:
+        node.reply(ack("config", "config", False, error=str(e)))
+        node.log("warning", "config: refused: %s" % e)
+        return
+    if version == node.config_version:
+        return  # the retained copy we already run, seen again after a reconnect
+    ident = "config-%d" % version
+    try:
+        apply_config(node, version, settings)
+    except Exception as e:
+        node.reply(ack(ident, "config", False, error="not applied: %s" % e))
+        return
+    node.reply(ack(ident, "config", True, result={"version": version}))
+    node.log("info", "config: version %d applied" % version)
+    if node.safe:
+        # A fix arrived: try a normal boot again.
+        store.write_atomic("data/crashes", "0")
+        node.log("warning", "node: leaving safe mode, rebooting")
+        node.pending_reset = True
+
+
+def known_kinds():
+    from node import sensors
+
+    return tuple(sensors.KINDS)
+
+
+def apply_config(node, version, settings):
+    from node import config
+
+    sensors_changed = "sensors" in settings and settings["sensors"] != node.cfg.get("sensors")
+    config.save_remote(version, settings)
+    node.cfg.update(settings)
+    node.cfg["config_version"] = version
+    node.config_version = version
+    if sensors_changed and not node.safe:
+        node.build_sensors()
+
+
+def on_command(node, payload):
+    try:
+        ident, cmd, args, expires = parse_command(payload)
+    except ValueError as e:
+        node.reply(ack("unknown", "unknown", False, error=str(e)))
+        return
+    if expires is not None and port.time_synced() and port.epoch() > expires:
+        node.reply(ack(ident, cmd, False, error="expired"))
+        return
+    try:
+        result = run_command(node, cmd, args)
+    except Exception as e:
+        node.reply(ack(ident, cmd, False, error=str(e)))
+        return
+    node.reply(ack(ident, cmd, True, result=result))
+
+
+def run_command(node, cmd, args):
+    if cmd == "reboot":
+        node.pending_reset = True
+        return {"rebooting": True}
+    if cmd == "identify":
+        seconds = args.get("seconds", 10)
+        port.identify(seconds)
+        node.log("info", "identify: status LED blinking for %d s" % seconds)
+        return {"seconds": seconds}
+    if cmd == "co2_recalibrate":
+        ppm = args.get("ppm")
+        if not isinstance(ppm, int) or not 300 <= ppm <= 5000:
+            raise ValueError("ppm must be an integer between 300 and 5000")
+        for s in node.sensors:
+            if hasattr(s, "forced_recalibration"):
+                return {"correction_ppm": s.forced_recalibration(ppm)}
+        raise ValueError("no CO2 sensor on this node")
+    if cmd == "time_sync":
+        if not port.sync_time(args.get("server")):
+            raise ValueError("no answer from the time server")
+        return {"time": port.epoch()}
+    if cmd == "flush_outbox":
+        node.outbox.rewind()
+        node.wake.set()
+        return {"waiting": len(node.outbox)}
+    if cmd == "log_level":
+        level = args.get("level")
+        if level not in LEVELS:
+            raise ValueError("level must be one of debug, info, warning, error")
+        node.cfg["log_level"] = level
+        return {"level": level}
+    raise ValueError("unknown command %r" % cmd)

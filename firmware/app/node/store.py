@@ -10,6 +10,15 @@ def write_atomic(path, text):
     os.rename(tmp, path)
 
 
+def read_text(path):
+    """The file's text without surrounding whitespace, or None if it cannot be read."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def read_int(path, default=0):
     try:
         with open(path) as f:

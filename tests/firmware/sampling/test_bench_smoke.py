@@ -1,4 +1,5 @@
-"""bench/firmware/run.py --quick runs and prints its JSON summary (no figures are judged here)."""
+"""bench/firmware/run.py --quick runs and prints its JSON summary (no figures are judged here, only that
+the heap's parts account for the whole app)."""
 
 import json
 import subprocess
@@ -27,3 +28,8 @@ def test_firmware_bench_quick_prints_its_summary():
         "noise_48k_realtime_x",
     ):
         assert key in summary, key
+    # The simulated world is told apart from the node proper, and the parts add up to the app's heap.
+    parts = summary["heap_parts_kb"]
+    assert all(parts[k] > 0 for k in ("node_core", "sensing", "sim_code", "sim_building")), parts
+    whole = parts["node_core"] + parts["sensing"] + parts["sim_code"] + parts["sim_building"]
+    assert abs(whole - summary["mpy"]["app"]) < 2, (parts, summary["mpy"])

@@ -131,38 +131,35 @@ def _building():
     return m.current() if m else None
 
 
-def default_model(spec):
-    """The physical quantities at time t (s): the building's now, or without a building a
-    day-shaped indoor climate, deterministic by seed (node.sim.signals.climate)."""
+def values(spec, clock):
+    """() -> the physical quantities now: the building's, or without a building a day-shaped indoor
+    climate on the sensor's clock (s), deterministic by seed (node.sim.signals.climate)."""
     b = _building()
     if b is not None:
-        return lambda t: b.model()
+        return b.model
     from node.sim import signals
 
-    return signals.climate(spec)
-
-
-def _secs(clock):
-    return clock if clock is not None else (lambda: bus.ticks_ms() / 1000)
+    model = signals.climate(spec)
+    t = clock if clock is not None else (lambda: bus.ticks_ms() / 1000)
+    return lambda: model(t())
 
 
 # Each simulated device is imported only when a board uses it: RAM on the ESP32 is scarce.
 def i2c_for(kind, spec, clock):
     bus_ = I2C()
-    model = default_model(spec)
-    t = _secs(clock)
+    now = values(spec, clock)
     if kind == "scd4x":
         from node.sim.sensirion import SCD4x
 
-        bus_.attach(0x62, SCD4x(lambda: model(t())))
+        bus_.attach(0x62, SCD4x(now))
     elif kind == "sht4x":
         from node.sim.sensirion import SHT4x
 
-        bus_.attach(0x44, SHT4x(lambda: model(t())))
+        bus_.attach(0x44, SHT4x(now))
     elif kind == "bme280":
         from node.sim.bme280 import BME280
 
-        bus_.attach(spec.get("address", 0x76), BME280(lambda: model(t())))
+        bus_.attach(spec.get("address", 0x76), BME280(now))
     else:
         raise ValueError("no simulated I2C device %r" % kind)
     for d in bus_.devices.values():
@@ -171,26 +168,21 @@ def i2c_for(kind, spec, clock):
 
 
 def uart_for(kind, spec, clock):
-    model = default_model(spec)
-    t = _secs(clock)
-    u = _uart(kind, spec, model, t)
-    u.dev.switch = "sim-fault-" + spec.get("name", kind)
-    return u
-
-
-def _uart(kind, spec, model, t):
     from node.sim import devices
 
+    b = _building()
     if kind == "mhz19":
-        return UART(devices.MHZ19(lambda: model(t())))
-    if kind == "sdm":
-        b = _building()
-        if b is not None:
-            from node.sim.building import sdm
+        dev = devices.MHZ19(values(spec, clock))
+    elif kind == "sdm" and b is not None:
+        from node.sim.building import sdm
 
-            return UART(sdm(b, spec.get("slave", 1)))
-        return UART(devices.SDM(lambda: model(t()), spec.get("slave", 1)))
-    raise ValueError("no simulated UART device %r" % kind)
+        dev = sdm(b, spec.get("slave", 1))
+    elif kind == "sdm":
+        dev = devices.SDM(values(spec, clock), spec.get("slave", 1))
+    else:
+        raise ValueError("no simulated UART device %r" % kind)
+    dev.switch = "sim-fault-" + spec.get("name", kind)
+    return UART(dev)
 
 
 def i2s_for(spec, rate):
