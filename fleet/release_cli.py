@@ -58,14 +58,27 @@ def build(
         "--rollback",
         help="An explicit rollback release: nodes accept it even though it is older than what they run.",
     ),
+    firmware: Path = typer.Option(
+        None,
+        "--firmware",
+        help="Also update MicroPython: its app image (micropython.bin / .app-bin) for the board's chip; "
+        "nodes need an OTA partition table.",
+    ),
 ) -> None:
     """Compile the app for a board's processor into an unsigned release bundle."""
     try:
-        arch = load_board(board).arch
+        b = load_board(board)
+        image = firmware.read_bytes() if firmware else None
         bundle = release.build(
-            app_dir, version, arch, out or Path("build") / f"release-{version}-{arch}", rollback=rollback
+            app_dir,
+            version,
+            b.arch,
+            out or Path("build") / f"release-{version}-{b.arch}",
+            rollback=rollback,
+            firmware=image,
+            chip=b.chip,
         )
-    except (release.ReleaseError, ValueError) as e:
+    except (release.ReleaseError, ValueError, OSError) as e:
         raise _fail(e) from None
     typer.echo(f"bundle: {bundle}  (next: maille release sign {bundle} --key KEYFILE)")
 

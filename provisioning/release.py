@@ -5,12 +5,18 @@ A bundle is a directory, served as is by any HTTP server:
     manifest.json            what the release is (below); the signed bytes, exactly as stored
     manifest.sig             {"alg": "ed25519", "key": <key id>, "sig": <128 hex>}
     files/<path>.z           each file of the app slot, zlib-compressed (MicroPython `deflate.ZLIB`)
+    firmware.bin             optional: a MicroPython application image for the OTA partitions
 
 manifest.json:
 
     {"format": 1, "version": "0.2.0", "min_loader": 2, "arch": "host", "mpy": 774,
      "rollback": false, "compression": "zlib", "wbits": 12, "created": 1795686126,
      "files": [{"path": "node/app.mpy", "sha256": "<hex>", "size": 9000, "zsize": 4000}, ...]}
+
+A release that also updates MicroPython itself carries `"firmware": {"path": "firmware.bin",
+"sha256": "<hex>", "size": 1600000, "chip": "esp32"}`: the app image alone (ESP-IDF magic 0xE9,
+the chip's id in its header), served uncompressed; the node streams it into its next OTA partition
+(firmware/app/node/fwimage.py). Releases without it are unchanged.
 
 The Ed25519 signature covers the manifest's bytes; the manifest holds every file's SHA-256, so
 the one signature covers the whole release. `rollback: true` marks a release signed on purpose to
@@ -41,6 +47,11 @@ FIRMWARE_APP = Path(__file__).resolve().parent.parent / "firmware" / "app"
 LOADER_VERSION = 2  # firmware/loader/main.py's LOADER_VERSION: the first loader that knows trial boots
 ARCHS = ("xtensawin", "rv32imc", "host", "py")
 DEFAULT_WBITS = 12  # 4 KiB inflate window on the node
+# ESP-IDF image header: magic byte, then at offset 12 the chip id (esp_chip_id_t) as uint16 LE.
+IMAGE_MAGIC = 0xE9
+CHIP_IDS = {"esp32": 0, "esp32s2": 2, "esp32c3": 5, "esp32s3": 9, "esp32c6": 13}
+PARTITION_TABLE_OFFSET = 0x8000
+BOOTLOADER_OFFSETS = {"esp32": 0x1000, "esp32s2": 0x1000}  # 0 for the others
 VERSION_RE = re.compile(r"^\d{1,6}(\.\d{1,6}){0,3}$")
 
 
@@ -160,6 +171,24 @@ def compile_app(app_dir: Path, version: str, arch: str) -> dict[str, bytes]:
         raise ReleaseError(str(e)) from None
 
 
+def check_image(data: bytes, chip: str) -> None:
+    """Refuse what is not an application image for `chip`, above all esptool's merged images."""
+    if chip not in CHIP_IDS:
+        raise ReleaseError(f"firmware images are for ESP32 chips ({', '.join(CHIP_IDS)}), not {chip!r}")
+    if len(data) < 24 or data[0] != IMAGE_MAGIC:
+        raise ReleaseError("not an ESP application image (no 0xE9 magic byte at its start)")
+    table = PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSETS.get(chip, 0)
+    if data[table : table + 2] == b"\xaa\x50":
+        raise ReleaseError(
+            "a merged image (bootloader + partition table + app) for esptool: an OTA update takes the "
+            "app image alone (micropython.bin of the build, or the .app-bin of an OTA variant)"
+        )
+    got = int.from_bytes(data[12:14], "little")
+    if got != CHIP_IDS[chip]:
+        names = {v: k for k, v in CHIP_IDS.items()}
+        raise ReleaseError(f"the image is built for {names.get(got, f'chip id {got}')}, not {chip}")
+
+
 def compress(data: bytes, wbits: int = DEFAULT_WBITS) -> bytes:
     c = zlib.compressobj(9, zlib.DEFLATED, wbits)
     return c.compress(data) + c.flush()
@@ -175,12 +204,17 @@ def build(
     min_loader: int = LOADER_VERSION,
     wbits: int = DEFAULT_WBITS,
     files: dict[str, bytes] | None = None,
+    firmware: bytes | None = None,
+    chip: str = "esp32",
 ) -> Path:
     """Build an unsigned bundle of the app in `app_dir` (the folder holding `node/`); returns its dir.
 
-    `files` replaces the compiled app (tests use it to build releases with chosen contents).
+    `files` replaces the compiled app (tests use it to build releases with chosen contents);
+    `firmware`, a MicroPython app image for `chip`, makes the release update MicroPython too.
     """
     parse_version(version)
+    if firmware is not None:
+        check_image(firmware, chip)
     if arch not in ARCHS:
         raise ReleaseError(f"arch {arch!r}: one of {', '.join(ARCHS)}")
     if not 9 <= wbits <= 15:
@@ -212,6 +246,14 @@ def build(
         "created": int(time.time()),
         "files": entries,
     }
+    if firmware is not None:
+        (out / "firmware.bin").write_bytes(firmware)
+        manifest["firmware"] = {
+            "path": "firmware.bin",
+            "sha256": hashlib.sha256(firmware).hexdigest(),
+            "size": len(firmware),
+            "chip": chip,
+        }
     (out / "manifest.json").write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode() + b"\n")
     return out
 
@@ -234,7 +276,7 @@ def _check_manifest(m: dict) -> None:
     if m.get("format") != FORMAT:
         raise ReleaseError(f"manifest format {m.get('format')!r} is not {FORMAT}")
     parse_version(m.get("version"))
-    for f in m.get("files") or ():
+    for f in [*(m.get("files") or ()), *([m["firmware"]] if m.get("firmware") else [])]:
         p = f.get("path", "")
         if p.startswith("/") or ".." in p.split("/") or not p:
             raise ReleaseError(f"bad file path {p!r} in the manifest")
@@ -270,6 +312,11 @@ def verify(bundle: str | Path, pubkey: str | bytes | Path) -> dict:
         data = zlib.decompress(z)
         if len(data) != f["size"] or hashlib.sha256(data).hexdigest() != f["sha256"]:
             raise ReleaseError(f"{f['path']}: hash mismatch")
+    fw = manifest.get("firmware")
+    if fw is not None:
+        image = (bundle / fw["path"]).read_bytes()
+        if len(image) != fw["size"] or hashlib.sha256(image).hexdigest() != fw["sha256"]:
+            raise ReleaseError(f"{fw['path']}: hash mismatch")
     return manifest
 
 

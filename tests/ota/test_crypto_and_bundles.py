@@ -85,15 +85,16 @@ def test_a_bundle_is_built_signed_and_verified_offline(tmp_path):
 def test_the_host_port_refuses_firmware_image_updates_clearly(runtime):
     code = """
 from node.port import port
-for fn in (port.fw_next_partition, port.fw_mark_valid):
+for fn, args in ((port.fw_next_partition, ()), (port.fw_mark_valid, ()), (port.fw_running, ()),
+                 (port.fw_info, (None,)), (port.fw_read_block, (None, 0, None))):
     try:
-        fn()
+        fn(*args)
     except OSError as e:
         print(e)
 """
     r = run_firmware(runtime, code)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().split("\n")
-    assert len(lines) == 2 and all(
+    assert len(lines) == 5 and all(
         line.startswith("firmware image updates need esp32.Partition") for line in lines
     )

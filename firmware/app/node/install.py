@@ -253,6 +253,12 @@ class Job:
         except ValueError:
             raise Refused("the manifest is not JSON")
         check_manifest(m, offer, VERSION)
+        fw = m.get("firmware")
+        part = None
+        if fw is not None:  # a firmware image too: only on a node with an OTA partition table
+            from node import fwimage
+
+            part = fwimage.target(fw)
         port.checkpoint("checked")
         target = "b" if u.slot == "a" else "a"
         root = "app/" + target
@@ -265,18 +271,25 @@ class Job:
         total = 0
         for f in files:
             total += f["zsize"]
+        if part is not None:
+            total += fw["size"]
         self.total = total or 1
         self.report_progress()
         for f in files:
             await self.place(root, running, base, f)
             port.checkpoint("placed:" + f["path"])
-        u.status("verifying", version, reason="%d files" % len(files))
+        if part is not None:
+            await fwimage.download(self, base + fw["path"], part, fw["size"])
+        what = " and the firmware image" if part is not None else ""
+        u.status("verifying", version, reason="%d files%s" % (len(files), what))
         port.checkpoint("verifying")
         for f in files:
             if sha256_file(root + "/" + f["path"]) != f["sha256"]:
                 remove(root + "/" + f["path"])
                 raise Exception("verify: %s changed on flash" % f["path"])  # retried: fetched again
             await port.sleep_ms(0)
+        if part is not None:
+            await fwimage.verify(part, fw)
         with open(root + "/manifest.sig", "wb") as fo:
             fo.write(sig_bytes)
         write_atomic(root + "/manifest.json", manifest_bytes.decode(), "verified")
@@ -287,7 +300,15 @@ class Job:
         remove("data/last_crash")
         pointer = {"slot": target, "trial": True, "prev": u.slot, "tries": 0, "version": version,
                    "from": VERSION}
+        if part is not None:  # the trial checks that the bootloader started this image, else rolls back
+            pointer["fw"] = port.fw_info(part)[0]
         write_atomic(POINTER, json.dumps(pointer), "switch-tmp")
+        if part is not None:
+            try:
+                fwimage.switch(part)
+            except Refused:
+                write_atomic(POINTER, json.dumps(u.pointer))
+                raise
         port.checkpoint("switched")
         u.node.log("warning", "ota: switched to slot %s (%s on trial), rebooting" % (target, version))
         u.node.pending_reset = True

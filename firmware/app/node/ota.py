@@ -16,6 +16,8 @@
 # Each step is reported on ota/status. A power cut anywhere leaves either the old slot active with
 # a partly filled inactive slot (the retained offer resumes the job on the next boot) or the new
 # slot in trial (the loader and the trial monitor finish or undo it).
+# A release may also carry a MicroPython firmware image (node/fwimage.py): it is switched with the
+# slot, and the trial marks it valid with the slot or rolls the slot back if it did not boot.
 #
 # This module is the updater's light part: it is loaded only when there is something to do (a trial
 # to watch, a rollback or a past job to report at boot, an offer) and let go when that is done;
@@ -230,6 +232,9 @@ class Updater:
         version = p.get("version") or VERSION
         self.status("trial", version, reason="trial boot %d" % p.get("tries", 1))
         port.checkpoint("trial:started")
+        if p.get("fw") and port.fw_running() != p["fw"]:  # a firmware image came with this slot
+            await self.roll_back("the bootloader did not start firmware image %s" % p["fw"])
+            return
         t0 = port.ticks_ms()
         while not self.healthy():
             if port.ticks_diff(port.ticks_ms(), t0) > self.trial_ms:
@@ -237,9 +242,12 @@ class Updater:
                 return
             await port.sleep_ms(250)
         port.checkpoint("trial:healthy")
+        if p.get("fw"):
+            port.fw_mark_valid()  # before the pointer: a cut in between confirms once more, harmlessly
         p = dict(p)
         p["trial"] = False
         p.pop("tries", None)
+        p.pop("fw", None)
         write_atomic(POINTER, json.dumps(p), "trial:confirm-tmp")
         self.pointer = p
         self.trial = False

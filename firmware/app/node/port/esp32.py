@@ -198,12 +198,14 @@ def checkpoint(step):
     """Test hook of virtual boards; nothing on the chip."""
 
 
-# Firmware-image updates (the MicroPython binary itself, not the app slots) through esp32.Partition.
-# They need an OTA-capable partition table (two app partitions, ota_0/ota_1, and otadata: e.g.
-# MicroPython's partitions-4MiBplus.csv / the *-OTA board variants); the default 4 MiB table has one
-# app partition and fw_next_partition() raises OSError there. Sequence:
+# Firmware-image updates (the MicroPython binary itself, not the app slots) through esp32.Partition;
+# node/fwimage.py drives them. They need an OTA-capable partition table (two app partitions,
+# ota_0/ota_1, and otadata: e.g. MicroPython's partitions-4MiBplus.csv / the *-OTA board variants);
+# the default 4 MiB table has one app partition and fw_next_partition() raises OSError there.
+# Sequence:
 #   part = fw_next_partition()                      # the app partition not running
 #   fw_write_block(part, n, buf) for each 4096-byte block n (erased and written by the driver)
+#   fw_read_block(part, n, buf)                     # read back to hash what landed on flash
 #   fw_set_boot(part); reset()                      # the bootloader tries it once
 #   fw_mark_valid()                                 # from the new image, once it is healthy;
 #                                                   # otherwise the bootloader rolls back by itself
@@ -219,10 +221,27 @@ def fw_next_partition():
         raise OSError("no OTA update partition: flash an OTA-capable partition table first")
 
 
+def fw_info(part):
+    """(label, size in bytes) of an app partition."""
+    info = part.info()
+    return info[4], info[3]
+
+
+def fw_running():
+    """Label of the app partition the bootloader started (ota_0, ota_1 or factory)."""
+    from esp32 import Partition
+
+    return Partition(Partition.RUNNING).info()[4]
+
+
 def fw_write_block(part, block, data):
     if len(data) < FW_BLOCK:
         data = bytes(data) + b"\xff" * (FW_BLOCK - len(data))
     part.writeblocks(block, data)
+
+
+def fw_read_block(part, block, buf):
+    part.readblocks(block, buf)
 
 
 def fw_set_boot(part):

@@ -190,3 +190,15 @@ def fw_set_boot(part):
 
 def fw_mark_valid():
     raise OSError(_NO_IMAGE)
+
+
+def fw_info(part):
+    raise OSError(_NO_IMAGE)
+
+
+def fw_running():
+    raise OSError(_NO_IMAGE)
+
+
+def fw_read_block(part, block, buf):
+    raise OSError(_NO_IMAGE)
