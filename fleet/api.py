@@ -9,6 +9,7 @@ answers 403 for a site outside the token's scope. Errors are RFC 9457 problem do
 # No `from __future__ import annotations` here: the place routes are built in a function and FastAPI
 # must resolve their annotations from its locals.
 
+from collections import Counter
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
@@ -23,7 +24,7 @@ from sqlmodel import Session, select
 from starlette.exceptions import HTTPException
 
 import fleet
-from fleet import actions, audit, auth, control, insight_api, readings, registry, rollouts, web
+from fleet import actions, audit, auth, control, insight_api, readings, refusals, registry, rollouts, web
 from fleet import alerts as alerts_
 from fleet.auth import Perm, Principal, require
 from fleet.contract import ConfigSettings, describe_errors
@@ -178,6 +179,12 @@ def render_metrics(app_state: Any, devices: dict[str, int], open_alerts: int) ->
             "Alert events given up after all retries.",
             [("", app_state.notifier.failed)],
         )
+    family(
+        "maille_http_refused_total",
+        "counter",
+        "API calls and dashboard requests refused (4xx), by route and status.",
+        refusals.samples(app_state.refused),
+    )
     integrations = getattr(app_state, "integrations", None)  # site topics, Home Assistant discovery
     for name, kind, help_, value in integrations.samples() if integrations else ():
         family(name, kind, help_, [("", value)])
@@ -704,6 +711,8 @@ def create_app(
     app.state.clock = clock
     app.state.rollouts = None  # the rollout engine, when this process runs one (nudged on changes)
     app.state.loop = None  # the event loop it runs in
+    app.state.refused = Counter()  # (route, status) → refused requests, for /metrics
+    app.add_middleware(refusals.RefusalCounter, counts=app.state.refused)
 
     @app.exception_handler(HTTPException)
     async def _http_problem(_request: Request, exc: HTTPException) -> JSONResponse:

@@ -167,6 +167,22 @@ def test_metrics(client):
     } <= lines
 
 
+def test_metrics_count_every_refused_request_by_route_and_status(client):
+    client.get("/api/v1/devices/nobody")
+    client.get("/api/v1/devices/nobody")
+    client.get("/api/v1/rejects", params={"limit": -1})
+    client.get("/api/v1/devices", headers={"Authorization": "Bearer mt_wrong"})
+    client.get("/no/such/page")
+    lines = set(client.get("/metrics").text.splitlines())
+    assert {
+        "# TYPE maille_http_refused_total counter",
+        'maille_http_refused_total{route="/api/v1/devices/{device_id}",status="404"} 2',
+        'maille_http_refused_total{route="/api/v1/rejects",status="422"} 1',
+        'maille_http_refused_total{route="/api/v1/devices",status="401"} 1',
+        'maille_http_refused_total{route="unmatched",status="404"} 1',
+    } <= lines
+
+
 def test_metrics_without_ingest_show_devices_only(fleet):
     text = TestClient(create_app(fleet)).get("/metrics").text  # public: no token
     assert "maille_devices{" in text and "maille_ingest" not in text

@@ -194,6 +194,13 @@ def test_commands_need_the_role_the_origin_and_the_token(world, token):
     assert r.status_code == 422 and "cmd" in r.text
     r = tech.post(url, json={"cmd": "identify", "csrf": csrf}, headers=ORIGIN)
     assert r.status_code == 415
+    refused = set(tech.get("/metrics").text.splitlines())  # every refusal is counted for operators
+    route = 'route="/devices/{device_id}/commands"'
+    assert {
+        f'maille_http_refused_total{{{route},status="403"}} 5',
+        f'maille_http_refused_total{{{route},status="422"}} 1',
+        f'maille_http_refused_total{{{route},status="415"}} 1',
+    } <= refused
 
     viewer = client(world, token("viewer"))
     page = viewer.get("/devices/north-ok").text
