@@ -10,6 +10,7 @@ answers 403 for a site outside the token's scope. Errors are RFC 9457 problem do
 # must resolve their annotations from its locals.
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
@@ -27,6 +28,7 @@ import fleet
 from fleet import actions, audit, auth, control, insight_api, readings, refusals, registry, rollouts, web
 from fleet import alerts as alerts_
 from fleet.auth import Perm, Principal, require
+from fleet.broker_admin import BrokerAdminError
 from fleet.contract import ConfigSettings, describe_errors
 from fleet.db import get_session
 from fleet.models import (
@@ -189,6 +191,18 @@ def render_metrics(app_state: Any, devices: dict[str, int], open_alerts: int) ->
     for name, kind, help_, value in integrations.samples() if integrations else ():
         family(name, kind, help_, [("", value)])
     return "\n".join(lines) + "\n"
+
+
+def _sync_broker(request: Request, session: Session) -> None:
+    """After a token's broker account changed: rewrite the broker's users when this process
+    administers the broker (else `maille broker sync` does it where its files are)."""
+    sync = request.app.state.broker_sync
+    if sync is None:
+        return
+    try:
+        sync(session)
+    except BrokerAdminError as e:
+        raise HTTPException(503, f"the token is stored, but the broker was not updated: {e}") from None
 
 
 def _not_found(entity: str, key: object) -> HTTPException:
@@ -533,18 +547,23 @@ def ops_router() -> APIRouter:
         return [TokenOut.model_validate(t) for t in session.exec(select(ApiToken).order_by(ApiToken.id))]
 
     @router.post("/tokens", status_code=201, responses=problem_responses(409, 422))
-    def create_token(body: TokenIn, session: SessionDep, caller: Admin) -> NewTokenOut:
+    def create_token(body: TokenIn, request: Request, session: SessionDep, caller: Admin) -> NewTokenOut:
         try:
             scope = {"metrics": body.metrics, "broker": body.broker}
             token, secret = auth.create_token(session, body.name, body.role, body.sites, caller.name, **scope)
         except ValueError as e:
             raise HTTPException(409 if "exists" in str(e) else 422, str(e)) from None
+        if token.broker_hash:
+            _sync_broker(request, session)
         return NewTokenOut.model_validate({**TokenOut.model_validate(token).model_dump(), "token": secret})
 
     @router.delete("/tokens/{name}", status_code=204, responses=problem_responses(404))
-    def revoke_token(name: str, session: SessionDep, caller: Admin):
-        if auth.revoke_token(session, name, caller.name) is None:
+    def revoke_token(name: str, request: Request, session: SessionDep, caller: Admin):
+        revoked = auth.revoke_token(session, name, caller.name)
+        if revoked is None:
             raise _not_found("token", name)
+        if revoked.broker_hash:
+            _sync_broker(request, session)
         return Response(status_code=204)
 
     @router.get(
@@ -699,6 +718,7 @@ def create_app(
     notifier: alerts_.Notifier | None = None,
     metrics_public: bool = True,
     clock=utcnow,
+    broker_sync: Callable[[Session], object] | None = None,
 ) -> FastAPI:
     """The API over `engine`; the ingest workers, publisher, hub and notifier of the same process
     when there are (an API-only process answers 503 where it would need them)."""
@@ -711,6 +731,7 @@ def create_app(
     app.state.clock = clock
     app.state.rollouts = None  # the rollout engine, when this process runs one (nudged on changes)
     app.state.loop = None  # the event loop it runs in
+    app.state.broker_sync = broker_sync  # rewrites the broker's users when this process administers it
     app.state.refused = Counter()  # (route, status) → refused requests, for /metrics
     app.add_middleware(refusals.RefusalCounter, counts=app.state.refused)
 

@@ -12,7 +12,9 @@ from datetime import datetime
 
 import uvicorn
 from sqlalchemy import Engine
+from sqlmodel import Session
 
+from fleet import broker_admin
 from fleet.alerts import Evaluator, Notifier
 from fleet.api import create_app
 from fleet.bundles import BundleHTTPServer
@@ -73,6 +75,14 @@ def bundle_server(settings: Settings) -> BundleHTTPServer | None:
         return None
 
 
+def broker_sync(settings: Settings) -> Callable[[Session], object] | None:
+    """The broker's users rewritten from the database, when this fleet administers the broker's files
+    (tokens made or revoked through the API then take effect on the broker at once)."""
+    if not (settings.broker_password_file and settings.broker_acl_file):
+        return None
+    return lambda session: broker_admin.sync(session, settings)
+
+
 def ingest_workers(
     settings: Settings, engine: Engine, hub: Hub | None, clock: Callable[[], datetime]
 ) -> list[Ingest]:
@@ -127,6 +137,7 @@ async def serve(
         notifier=notifier,
         metrics_public=settings.metrics_public,
         clock=clock,
+        broker_sync=broker_sync(settings),
     )
     app.state.rollouts, app.state.loop = rollouts, asyncio.get_running_loop()
     app.state.integrations = integrations  # its counters go to /metrics

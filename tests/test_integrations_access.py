@@ -85,7 +85,13 @@ def test_a_startup_token_reads_its_site_and_metric_through_api_and_broker_and_no
     acl = broker.users.acl_file.read_text()
     assert f"user token.{name}\ntopic read maille/sites/{alpha}/+/co2\n" in acl
 
-    fleet = fleet_service(on=broker, integrations=IntegrationSettings(interval_s=0.3))
+    fleet = fleet_service(  # administering the broker's files, as production does
+        on=broker,
+        integrations=IntegrationSettings(interval_s=0.3),
+        broker_password_file=broker.users.password_file,
+        broker_acl_file=broker.users.acl_file,
+        broker_reload=f"kill -HUP {broker.proc.pid}",
+    )
     startup = Observer(broker, ["#"], user=f"token.{name}", password=secret)  # all it may get
     fleet_eye = Observer(broker, [f"maille/sites/{alpha}/#"])
     nodes = [Node(broker, d, passwords[d]) for d in (a, b)]
@@ -133,15 +139,19 @@ def test_a_startup_token_reads_its_site_and_metric_through_api_and_broker_and_no
             made = http.post("/api/v1/tokens", json={"name": f"hass-{tag}", "role": "viewer", "broker": True})
             assert made.status_code == 201 and made.json()["broker_user"] == f"token.hass-{tag}"
             assert made.json()["metrics"] is None and made.json()["token"].startswith("mt_")
+            assert f"user token.hass-{tag}\n" in broker.users.acl_file.read_text()  # synced at once
             bad = http.post("/api/v1/tokens", json={"name": "x", "role": "viewer", "metrics": ["CO2"]})
             assert bad.status_code == 422 and "metrics" in bad.json()["detail"]
 
-        # Revoked: the API answers 401, the broker drops the account and refuses it.
-        maille("token", "revoke", name)
+        # Revoked through the API: it answers 401, the broker drops the account and refuses it.
+        with httpx.Client(base_url=fleet.api, headers=bearer(admin)) as http:
+            assert http.delete(f"/api/v1/tokens/{name}").status_code == 204
         wait_until(lambda: not startup.client.is_connected(), 10, what="the broker dropped the token")
         assert connack(broker, f"token.{name}", secret) == "Not authorized"
         with httpx.Client(base_url=fleet.api, headers=bearer(secret)) as http:
             assert http.get(f"/api/v1/devices/{a}/readings").status_code == 401
+        maille("token", "revoke", f"hass-{tag}")  # the CLI syncs the broker too
+        assert f"user token.hass-{tag}\n" not in broker.users.acl_file.read_text()
     finally:
         for node in nodes:
             node.close()
