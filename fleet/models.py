@@ -370,7 +370,8 @@ class RolloutWave(SQLModel, table=True):
     rollout_id: int = fk("rollout.id", "CASCADE")
     index: int
     size: int
-    status: str = Field(default="pending", max_length=16)  # pending, running, gate, passed, failed
+    # pending, running, gate, passed, failed; halted or aborted (under way), cancelled (not started)
+    status: str = Field(default="pending", max_length=16)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     done_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # every target settled
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

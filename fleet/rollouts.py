@@ -563,8 +563,14 @@ class Step:
 
 
 def stop(session, rollout, targets, publish, status: RolloutStatus, reason: str, now: datetime) -> None:
-    """Halt or abort: no more offers; the devices not done get their retained offer withdrawn."""
+    """Halt or abort: no more offers; the devices not done get their retained offer withdrawn, and
+    the waves not finished say so (the one under way takes the rollout's status, the later ones are
+    cancelled)."""
     rollout.status, rollout.reason, rollout.finished_at = status, reason[:256], now
+    for wave in session.exec(select(RolloutWave).where(RolloutWave.rollout_id == rollout.id)):
+        if wave.status in ("pending", "running", "gate"):
+            wave.status = "cancelled" if wave.status == "pending" else str(status)
+            wave.finished_at = now
     for t in targets:
         if t.state == "pending":
             t.state, t.reason = "cancelled", f"rollout {status}"

@@ -203,7 +203,7 @@ def test_a_crashing_release_rolls_back_on_the_canary_and_halts_the_rollout(
     assert canary["state"] == "rolled_back" and canary["running"] == BASE
     assert canary["reason"].startswith("crash loop: 3 trial boots without confirmation")
     assert {t["state"] for t in done["targets"] if t["wave"] > 0} == {"cancelled"}
-    assert [w["status"] for w in done["waves"]] == ["failed", "pending", "pending"]
+    assert [w["status"] for w in done["waves"]] == ["failed", "cancelled", "cancelled"]
     # no other node received the offer; the canary's was withdrawn
     got = [(t.split("/")[2], p) for t, p, _ in offers.drain()]
     assert {d for d, p in got if p} == {canary["device"]}

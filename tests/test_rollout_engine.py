@@ -265,6 +265,8 @@ def test_pause_resume_abort_are_audited_and_abort_withdraws(world):
         assert r.status == "aborted"
         actions = [a.action for a in s.exec(select(AuditLog).where(AuditLog.entity == "rollout"))]
         assert actions == ["create", "pause", "resume", "abort"]
+        waves = s.exec(select(RolloutWave).where(RolloutWave.rollout_id == r.id).order_by(RolloutWave.index))
+        assert [w.status for w in waves] == ["aborted", "cancelled"]  # the canary under way; the next
     assert {t.state for t in targets(engine)} == {"cancelled"}
     for d in flying:
         topic = contract.topic_of(d, "ota")
