@@ -12,11 +12,22 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_END = time(23, 59, 59)  # how a span "until midnight" ends
 MAX_DAYS_AHEAD = 366
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+TimeZone = Annotated[str, AfterValidator(_known_zone)]  # an IANA zone name, e.g. Europe/Paris
 
 
 class Span(BaseModel):
@@ -56,20 +67,11 @@ class Closure(BaseModel):
 class Calendar(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tz: str = "Europe/Paris"
+    tz: TimeZone = "Europe/Paris"
     week: dict[Annotated[str, Field(pattern="^(mon|tue|wed|thu|fri|sat|sun)$")], list[Span]] = Field(
         default_factory=dict
     )
     closed: list[Closure] = Field(default_factory=list)
-
-    @field_validator("tz")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
 
     @model_validator(mode="after")
     def _spans_apart(self) -> Calendar:

@@ -30,16 +30,17 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, time, timedelta
 from typing import Annotated, Any, Protocol
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from fleet import audit, contract, control
 from fleet import calendar as calendars
 from fleet.bundles import manifest_url
+from fleet.calendar import TimeZone
 from fleet.ingest import fleet_client
 from fleet.models import (
     Building,
@@ -82,16 +83,7 @@ class Window(BaseModel):
     start: time
     end: time
     days: list[Annotated[int, Field(ge=0, le=6)]] | None = None
-    tz: str = "UTC"
-
-    @field_validator("tz")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+    tz: TimeZone = "UTC"
 
     def open_at(self, now: datetime) -> bool:
         local = now.astimezone(ZoneInfo(self.tz))
