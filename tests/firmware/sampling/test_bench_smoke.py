@@ -1,5 +1,5 @@
 """bench/firmware/run.py --quick runs and prints its JSON summary (no figures are judged here, only that
-the heap's parts account for the whole app)."""
+the heap's parts account for the whole app, and that the ROMFS configuration executes code in place)."""
 
 import json
 import subprocess
@@ -33,3 +33,12 @@ def test_firmware_bench_quick_prints_its_summary():
     assert all(parts[k] > 0 for k in ("node_core", "sensing", "sim_code", "sim_building")), parts
     whole = parts["node_core"] + parts["sensing"] + parts["sim_code"] + parts["sim_building"]
     assert abs(whole - summary["mpy"]["app"]) < 2, (parts, summary["mpy"])
+    # ROMFS: the app was imported from the image, whose bytecode stays out of the heap (a 20 KB
+    # function costs its size when loaded from a file, next to nothing from the image).
+    rom = summary["romfs"]
+    assert rom["app_file"].startswith("/rom/"), rom
+    check = rom["in_place_check"]
+    assert check["heap_from_file_bytes"] > check["mpy_bytes"] * 0.9, check
+    assert check["heap_from_rom_bytes"] < check["mpy_bytes"] * 0.05, check
+    assert 0 < rom["app"] < summary["mpy"]["app"], (rom, summary["mpy"])
+    assert rom["smallest_heap_kb"] > 0, rom
