@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from fleet import presence
+from fleet import health, presence
 from fleet.models import Alert, Channel, Device, DeviceConfig, DeviceStatus, Lifecycle, Rollup, utcnow
 from fleet.rollups import bucket_of
 
@@ -241,14 +241,18 @@ class Evaluator:
         notifier: Notifier,
         interval_s: float = 10.0,
         clock: Callable[[], datetime] = utcnow,
+        health_retention: timedelta | None = None,
     ) -> None:
         self.engine, self.rules, self.notifier = engine, rules, notifier
-        self.interval_s, self.clock = interval_s, clock
+        self.interval_s, self.clock, self.health_retention = interval_s, clock, health_retention
         self.ticks = 0
 
     def tick(self) -> list[AlertEvent]:
         with Session(self.engine) as session:
-            events = evaluate(session, self.clock(), self.rules)
+            now = self.clock()
+            events = evaluate(session, now, self.rules)
+            if self.health_retention:  # the health history's housekeeping rides on this pass
+                health.prune(session, now, self.health_retention)
         self.ticks += 1
         return events
 

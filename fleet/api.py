@@ -31,6 +31,7 @@ from fleet.auth import Perm, Principal, require
 from fleet.broker_admin import BrokerAdminError
 from fleet.contract import ConfigSettings, describe_errors
 from fleet.db import get_session
+from fleet.health import VitalsOut, history
 from fleet.models import (
     ApiToken,
     Channel,
@@ -419,6 +420,27 @@ def device_router() -> APIRouter:
         window = (metric, since, until, limit, resolution, format)
         return _readings(request, session, caller, [device_id], *window)
 
+    @router.get(
+        "/{device_id}/health",
+        response_model=list[VitalsOut],
+        responses={**problem_responses(403, 404), 200: {"content": {"text/csv": {}}}},
+    )
+    def device_health(
+        request: Request,
+        device_id: str,
+        session: SessionDep,
+        caller: Reader,
+        since: When = None,
+        until: When = None,
+        limit: Limit = 1000,
+        format: Format = None,
+    ):
+        """The latest `limit` health messages received in [since, until], oldest first."""
+        visible(session, caller, device_id)
+        _check_window(since, until)
+        rows = [VitalsOut.model_validate(h) for h in history(session, device_id, since, until, limit)]
+        return _rows_response(request, format, rows, VitalsOut)
+
     @router.put("/{device_id}/config", status_code=202, responses=problem_responses(403, 404, 503))
     def put_config(
         device_id: str, body: ConfigSettings, request: Request, session: SessionDep, caller: Controller
@@ -471,9 +493,13 @@ def device_router() -> APIRouter:
     return router
 
 
-def _readings(request, session, caller, device_ids, metric, since, until, limit, resolution, fmt):
+def _check_window(since: datetime | None, until: datetime | None) -> None:
     if since and until and as_utc(since) > as_utc(until):
         raise HTTPException(422, "query.since: must not be after until")
+
+
+def _readings(request, session, caller, device_ids, metric, since, until, limit, resolution, fmt):
+    _check_window(since, until)
     caller.check_metric(metric)  # a token limited to some metrics: 403 for another; its own when none named
     window = {"metric": metric, "metrics": caller.metrics, "since": since, "until": until, "limit": limit}
     if resolution == readings.RAW:

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, func
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 
-from fleet import contract, control, presence, rollups
+from fleet import contract, control, health, presence, rollups
 from fleet.contract import Ack, RejectReason, Stored, Telemetry, Uplink
 from fleet.models import REJECTS_KEPT, Device, Lifecycle, Reject, utcnow
 from fleet.presence import PresenceRules
@@ -145,6 +145,7 @@ def store_batch(
     rows: list[tuple] = []
     rejects: list[contract.Reject] = []
     acks: list[tuple[Ack, datetime]] = []
+    vitals: list[dict] = []  # health history rows
     top_seq: dict[str, int] = {}
     seen: dict[str, datetime] = {}
     births: set[str] = set()
@@ -192,6 +193,7 @@ def store_batch(
             acks.append((msg, r.at))
         else:
             presence.apply_health(device, msg)
+            vitals.append(health.row(device_id, msg, r.at))
     # Devices first, in id order, as every worker does (concurrent workers lock rows in one order):
     # the ORM's (their flush cannot overwrite the watermark: it writes only what it changed), then the
     # raw updates. On SQLite this first write also opens the transaction and takes the write lock.
@@ -209,6 +211,7 @@ def store_batch(
         presence.update_channels(session, new)
         if events:
             result.events = [_event(n, sites[n[0]]) for n in new]
+    health.insert(session, vitals)
     for msg, at in acks:
         control.apply_ack(session, msg, heavy[msg.device_id], at)
     _insert_rejects(session, rejects)

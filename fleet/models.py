@@ -1,5 +1,6 @@
 """Tables of the fleet: the building registry, devices and their sensors, readings and rollups,
-presence per channel, alerts, commands and config, API tokens, the audit log and rejected messages."""
+presence per channel, health history, alerts, commands and config, API tokens, the audit log and
+rejected messages."""
 
 from __future__ import annotations
 
@@ -236,6 +237,36 @@ class Channel(SQLModel, table=True):
     last_ts: datetime = Field(sa_type=UTCDateTime)  # the node's time of the newest reading
     last_at: datetime = Field(sa_type=UTCDateTime)  # the fleet's time it arrived
     interval_s: float | None = None  # learned cadence
+
+
+class HealthReport(SQLModel, table=True):
+    """One health message of a node, kept `health_retention_days` for the device page's history.
+    `at` is the fleet's receive time (the message carries no node time); (device, boot, uptime) is
+    the key that makes a redelivered message land once."""
+
+    __tablename__ = "health"
+    __table_args__ = (
+        UniqueConstraint("device_id", "boot", "uptime", name="uq_health_device_boot_uptime"),
+        Index("ix_health_device_at", "device_id", "at"),
+        Index("ix_health_at", "at"),  # retention deletes by age across devices
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigId)
+    device_id: str = fk("device.id", "CASCADE", index=False)
+    at: datetime = Field(sa_type=UTCDateTime)
+    uptime: int = Field(sa_type=BigInteger)
+    heap_free: int | None = None
+    heap_min: int | None = None
+    rssi: int | None = None
+    reconnects: int | None = None
+    outbox: int | None = None
+    outbox_flash: int | None = None
+    outbox_dropped: int | None = None
+    loop_lag_ms: int | None = None
+    boot: int | None = None
+    reset: str | None = Field(default=None, max_length=24)
+    mode: str | None = Field(default=None, max_length=8)
+    faults: list[str] | None = Field(default=None, sa_type=JSON)
 
 
 class Alert(SQLModel, table=True):

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import uvicorn
 from sqlalchemy import Engine
@@ -121,7 +121,8 @@ async def serve(
     integrations = attach_integrations(settings, engine, hub)  # site topics, Home Assistant discovery
     publisher = Publisher(settings.mqtt_url, f"{settings.ingest_client_id}-api")
     notifier = Notifier(settings.webhooks, settings.webhook_retries, settings.webhook_backoff_s)
-    evaluator = Evaluator(engine, settings.alerts, notifier, settings.alert_interval_s, clock)
+    keep = timedelta(days=settings.health_retention_days)
+    evaluator = Evaluator(engine, settings.alerts, notifier, settings.alert_interval_s, clock, keep)
     rollouts = RolloutEngine(
         engine, publisher.publish, settings.bundle_base_url, settings.rollout_interval_s, clock
     )

@@ -104,6 +104,7 @@ class Settings(BaseSettings):
     alert_interval_s: float = Field(10.0, gt=0)
     alerts: AlertRules = Field(default_factory=AlertRules)
     reboot_window_s: float = Field(3600.0, gt=0)
+    health_retention_days: float = Field(30.0, gt=0)  # health history kept for the device page
     webhooks: list[str] = Field(default_factory=list)
     webhook_retries: int = Field(5, ge=1)
     webhook_backoff_s: float = Field(1.0, ge=0)

@@ -4,13 +4,14 @@ no library."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from markupsafe import Markup, escape
 
 from fleet.models import Rollup
+from fleet.rollups import RESOLUTIONS, bucket_of
 from fleet.web.levels import BANDS
 
 
@@ -95,3 +96,34 @@ def svg(metric: str, buckets: Sequence[Rollup], since: datetime, until: datetime
         "</svg>",
     ]
     return Markup("".join(parts))
+
+
+def bucketed(points: Iterable[tuple[datetime, float | None]], name: str, resolution: str) -> list[Rollup]:
+    """Samples that are not readings (e.g. health vitals) folded into rollup-like buckets for `svg`,
+    oldest first; missing values (None) are left out."""
+    seconds = RESOLUTIONS[resolution]
+    acc: dict[datetime, list] = {}  # bucket → [count, sum, min, max, last, last_ts]
+    for at, value in points:
+        if value is None:
+            continue
+        start = bucket_of(at, seconds)
+        a = acc.get(start)
+        if a is None:
+            acc[start] = [1, value, value, value, value, at]
+        else:
+            a[:] = a[0] + 1, a[1] + value, min(a[2], value), max(a[3], value), value, at
+    return [
+        Rollup(
+            device_id="",
+            name=name,
+            resolution=resolution,
+            bucket=start,
+            count=a[0],
+            sum=a[1],
+            min=a[2],
+            max=a[3],
+            last=a[4],
+            last_ts=a[5],
+        )
+        for start, a in sorted(acc.items())
+    ]

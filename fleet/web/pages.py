@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlmodel import col, select
 from starlette.exceptions import HTTPException
 
-from fleet import actions, auth, control, registry, rollouts
+from fleet import actions, auth, control, health, registry, rollouts
 from fleet import alerts as alerts_
 from fleet.auth import Perm, Principal
 from fleet.contract import describe_errors
@@ -229,6 +229,11 @@ def device_page(
     for metric in sorted(values):
         buckets = rolled(session, [device_id], span.resolution, metric=metric, since=since, limit=2000)
         chart_list.append((metric, charts.svg(metric, buckets, since, until)))
+    vitals = health.trace(session, device_id, since, until)
+    vital_charts = []
+    for name in health.CHARTED:
+        buckets = charts.bucketed(((v.at, getattr(v, name)) for v in vitals), name, span.resolution)
+        vital_charts.append((name, charts.svg(name, buckets, since, until)))
     commands = overview.recent_commands(session, device_id)
     return render(
         request,
@@ -240,6 +245,8 @@ def device_page(
         units=overview.units(session, device_id),
         values=values,
         charts=chart_list,
+        vital_charts=vital_charts,
+        health_changes=sorted(health.changes(vitals), key=lambda c: c.at, reverse=True)[:50],  # stable
         spans=charts.SPANS,
         span=span,
         alerts=overview.alert_history(session, device_id),

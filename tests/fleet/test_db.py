@@ -37,6 +37,7 @@ TABLES = {
     "rollout",
     "rollout_wave",
     "rollout_target",
+    "health",
 }
 
 

@@ -236,11 +236,12 @@ def test_tiles_and_charts_come_from_the_rollups(world, token):
 
     six_hours = c.get("/devices/north-ok?range=6h").text
     points = dict(re.findall(r'aria-label="(\w+) from [^"]*" data-points="(\d+)"', six_hours))
-    assert points == {"co2": "120", "temperature": "120"}  # one 1-minute bucket per reading
+    no_health = dict.fromkeys(("heap_free", "heap_min", "rssi", "loop_lag_ms"), "0")  # vitals charts, empty
+    assert points == {"co2": "120", "temperature": "120", **no_health}  # one 1-minute bucket per reading
     day = dict(
         re.findall(r'aria-label="(\w+) from [^"]*" data-points="(\d+)"', c.get("/devices/north-ok").text)
     )
-    assert day == {"co2": "8", "temperature": "8"}  # 15-minute buckets over two hours
+    assert day == {"co2": "8", "temperature": "8", **no_health}  # 15-minute buckets over two hours
     assert c.get("/devices/north-ok?range=1y").status_code == 422
 
 
