@@ -11,6 +11,7 @@ answers 403 for a site outside the token's scope. Errors are RFC 9457 problem do
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
@@ -408,17 +409,12 @@ def device_router() -> APIRouter:
         device_id: str,
         session: SessionDep,
         caller: Reader,
-        metric: Metric = None,
-        since: When = None,
-        until: When = None,
-        limit: Limit = 1000,
+        q: ReadingQueryDep,
         resolution: Resolution = "raw",
-        format: Format = None,
     ):
         """The latest `limit` readings (or rollup buckets) in [since, until], oldest first."""
         visible(session, caller, device_id)
-        window = (metric, since, until, limit, resolution, format)
-        return _readings(request, session, caller, [device_id], *window)
+        return _readings(request, session, caller, [device_id], q, resolution)
 
     @router.get(
         "/{device_id}/health",
@@ -498,15 +494,41 @@ def _check_window(since: datetime | None, until: datetime | None) -> None:
         raise HTTPException(422, "query.since: must not be after until")
 
 
-def _readings(request, session, caller, device_ids, metric, since, until, limit, resolution, fmt):
-    _check_window(since, until)
-    caller.check_metric(metric)  # a token limited to some metrics: 403 for another; its own when none named
-    window = {"metric": metric, "metrics": caller.metrics, "since": since, "until": until, "limit": limit}
+@dataclass(frozen=True)
+class ReadingQuery:
+    """What a readings route is asked for, beside its resolution (whose default differs by route)."""
+
+    metric: str | None
+    since: datetime | None
+    until: datetime | None
+    limit: int
+    format: str | None
+
+
+def _reading_query(
+    metric: Metric = None, since: When = None, until: When = None, limit: Limit = 1000, format: Format = None
+) -> ReadingQuery:
+    return ReadingQuery(metric, since, until, limit, format)
+
+
+ReadingQueryDep = Annotated[ReadingQuery, Depends(_reading_query)]
+
+
+def _readings(request, session, caller, device_ids, q: ReadingQuery, resolution: str):
+    _check_window(q.since, q.until)
+    caller.check_metric(q.metric)  # a token limited to some metrics: 403 for another; its own when none named
+    window = {
+        "metric": q.metric,
+        "metrics": caller.metrics,
+        "since": q.since,
+        "until": q.until,
+        "limit": q.limit,
+    }
     if resolution == readings.RAW:
         rows = [ReadingOut.model_validate(r) for r in readings.raw(session, device_ids, **window)]
-        return _rows_response(request, fmt, rows, ReadingOut)
+        return _rows_response(request, q.format, rows, ReadingOut)
     rows = [BucketOut.of(r) for r in readings.rolled(session, device_ids, resolution, **window)]
-    return _rows_response(request, fmt, rows, BucketOut)
+    return _rows_response(request, q.format, rows, BucketOut)
 
 
 def ops_router() -> APIRouter:
@@ -525,12 +547,8 @@ def ops_router() -> APIRouter:
         room_id: int,
         session: SessionDep,
         caller: Reader,
-        metric: Metric = None,
-        since: When = None,
-        until: When = None,
-        limit: Limit = 1000,
+        q: ReadingQueryDep,
         resolution: Resolution = "1h",
-        format: Format = None,
     ):
         """Every device of the room, from rollups unless resolution=raw."""
         room = registry.ROOMS.get(session, str(room_id))
@@ -538,8 +556,7 @@ def ops_router() -> APIRouter:
             raise _not_found("room", room_id)
         caller.check_site(registry.site_id_of(session, room))
         device_ids = readings.devices_in_room(session, room_id)
-        window = (metric, since, until, limit, resolution, format)
-        return _readings(request, session, caller, device_ids, *window)
+        return _readings(request, session, caller, device_ids, q, resolution)
 
     @router.get("/alerts")
     def list_alerts(
