@@ -450,7 +450,7 @@ def telemetry_payloads(per_device: int, seq_start: int = 0, bt: int | None = Non
             seq,
             bt,
             [("temperature", "Cel", 20.0 + (seq % 100) / 10), ("humidity", "%RH", 40.0 + (seq % 50) / 5)],
-        ).encode()
+        )
         for seq in range(seq_start, seq_start + per_device)
     ]
 

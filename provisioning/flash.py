@@ -43,8 +43,9 @@ from provisioning.tree import write_tree
 Progress = Callable[[str, str, float | None], None]
 
 SIM_PREFIX = "sim:"
-# Left alone in a virtual board folder when it is provisioned again: its flash's runtime data.
-SIM_KEEP = ("data", "console.log", "link-down", "board.pid")
+# Left alone in a virtual board folder when it is provisioned again: its flash's runtime data, and its
+# world's (provisioning/world.py).
+SIM_KEEP = ("data", "console.log", "link-down", "board.pid", "world.port", "world.log", "building.log")
 
 
 class ProvisionError(Exception):

@@ -24,6 +24,7 @@ from provisioning import esplog
 from provisioning.boards import Board
 from provisioning.mpy import CompileError, compile_sources
 from provisioning.tree import node_files
+from provisioning.world import with_world
 
 # How MicroPython's ESP32 port mounts the "vfs" partition (flashbdev.py: esp32.Partition; vfs.mount
 # -> VfsLfs2 with its defaults): esp32_partition.c BLOCK_SIZE_BYTES = 4096; extmod/vfs_lfs.c
@@ -155,7 +156,8 @@ def make_config(
     """config.json for a device on `board`: identity, room, broker, the board's network and sensors.
 
     `mqtt` is {"host", "port", ...} (no credentials: those go to creds.json); `network` adds the
-    site's Wi-Fi ({"ssid", "password"}) to the board's [network] table.
+    site's Wi-Fi ({"ssid", "password"}) to the board's [network] table. A virtual board with simulated
+    sensors gets `world`: they run in a process beside it (provisioning/world.py).
     """
     cfg = {
         "device_id": device_id,
@@ -171,7 +173,7 @@ def make_config(
     if name:
         cfg["name"] = name
     cfg.update(extra)
-    return cfg
+    return with_world(cfg) if board.virtual else cfg
 
 
 # --- LittleFS --------------------------------------------------------------------------------

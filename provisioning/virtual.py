@@ -6,6 +6,7 @@ in the common subset of both.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,9 @@ import threading
 import time
 from pathlib import Path
 
+from provisioning.romfs import refresh_slot_image
 from provisioning.tree import node_files, write_tree
+from provisioning.world import LOG_FILE, PORT_FILE, with_world
 
 PID_FILE = "board.pid"  # of a board started detached (`maille provision --port sim:DIR`)
 RESET_EXIT_CODE = 75  # node.port.host.reset() exits with it; the supervisor restarts, as a chip would
@@ -34,22 +37,28 @@ def micropython_executable() -> str:
 
 
 class VirtualBoard:
-    def __init__(self, root: Path, runtime: str = "micropython", heapsize: str | None = None):
+    def __init__(
+        self, root: Path, runtime: str = "micropython", heapsize: str | None = None, rom: bool = False
+    ):
         if runtime not in ("micropython", "cpython"):
             raise ValueError(f"unknown runtime {runtime!r}")
+        if rom and runtime != "micropython":
+            raise ValueError("only micropython runs an app slot from a ROMFS image")
         self.root = Path(root)
         self.runtime = runtime
         self.heapsize = heapsize
+        self.rom = rom  # app slots executed in place from ROMFS images, as from romfs partitions
         self.proc: subprocess.Popen | None = None
         self._stopping = False
         self._supervisor: threading.Thread | None = None
         self.starts = 0
+        self.world: subprocess.Popen | None = None  # the building and sensor chips (provisioning.world)
 
     @classmethod
     def create(cls, root: Path, config: dict, creds: dict, **kw) -> VirtualBoard:
         root = Path(root)
         root.mkdir(parents=True, exist_ok=True)
-        write_tree(root, node_files(config, creds))
+        write_tree(root, node_files(with_world(config), creds))
         return cls(root, **kw)
 
     @property
@@ -58,14 +67,18 @@ class VirtualBoard:
 
     @property
     def device_id(self) -> str:
-        import json
-
         return json.loads((self.root / "config.json").read_text())["device_id"]
 
     def command(self) -> list[str]:
         if self.runtime == "cpython":
             return [sys.executable, "-u", "-c", BOOT_SCRIPT]
         cmd = [micropython_executable()]
+        if self.rom:
+            cmd = [sys.executable, "-P", "-m", "provisioning.romfs"]
+            for slot in ("a", "b"):
+                image = self.root / "rom" / f"{slot}.img"
+                if refresh_slot_image(self.root / "app" / slot, image):
+                    cmd += ["--rom", f"{slot}={image}"]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
         return cmd + ["-c", BOOT_SCRIPT]
@@ -89,6 +102,7 @@ class VirtualBoard:
 
     def start(self, reset_cause: str = "power_on") -> VirtualBoard:
         self._stopping = False
+        self._start_world()
         self._spawn(reset_cause)
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
@@ -123,13 +137,48 @@ class VirtualBoard:
         if self._supervisor and self._supervisor is not threading.current_thread():
             self._supervisor.join(5)
 
+    def _start_world(self) -> None:
+        """A board whose config says `world` gets its world process with its first start: it is the
+        building, not the board, so it outlives the node's power cuts and reboots."""
+        if self.world is not None and self.world.poll() is None:
+            return
+        if not json.loads((self.root / "config.json").read_text()).get("world"):
+            return
+        (self.root / PORT_FILE).unlink(missing_ok=True)  # the node waits for the new one
+        with open(self.root / LOG_FILE, "ab") as log:
+            self.world = subprocess.Popen(
+                [sys.executable, "-P", "-m", "provisioning.world", str(self.root.resolve())],
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def _end_world(self) -> None:
+        if self.world is not None and self.world.poll() is None:
+            self.world.terminate()
+            try:
+                self.world.wait(10)
+            except subprocess.TimeoutExpired:
+                self.world.kill()
+                self.world.wait()
+        self.world = None
+
     def stop(self) -> None:
-        """Orderly stop (SIGTERM)."""
+        """Orderly stop (SIGTERM) of the node, then of its world: the board is done with."""
         self._end(signal.SIGTERM)
+        self._end_world()
 
     def power_cut(self) -> None:
-        """SIGKILL: nothing gets to run, as when the electrician cuts the power."""
+        """SIGKILL: nothing gets to run, as when the electrician cuts the power. The world (the
+        building and its sensors) goes on; `close()` ends it."""
         self._end(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Power cut, then the end of the world: a test's teardown."""
+        self.power_cut()
+        self._end_world()
 
     def reboot(self, reset_cause: str = "hard") -> None:
         self.power_cut()

@@ -85,7 +85,8 @@ def device_credentials(broker):
 
 @pytest.fixture
 def boards(request):
-    """Factory for virtual boards; all are powered off after the test, their consoles shown on failure."""
+    """Factory for virtual boards; all are powered off and their worlds ended after the test, their
+    consoles shown on failure."""
     from provisioning.virtual import VirtualBoard
 
     made: list[VirtualBoard] = []
@@ -97,7 +98,7 @@ def boards(request):
 
     yield make
     for vb in made:
-        vb.power_cut()
+        vb.close()
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for vb in made:

@@ -118,7 +118,9 @@ def test_broker_killed_holding_unsaved_queues_loses_nothing(fleet_service, fresh
     fresh_broker.kill()  # SIGKILL: whatever the broker had not saved is gone
     fresh_broker.start()
     fleet = fleet_service(on=fresh_broker)
-    wait_until(lambda: max_contiguous(fleet.engine, d) >= queued_upto + 5, 60, what="re-sent readings")
+    # 120 s: the node's reconnect backoff doubles while the broker is down (up to 60 s with jitter);
+    # on a saturated machine the restarts take long enough for it to reach 16-32 s.
+    wait_until(lambda: max_contiguous(fleet.engine, d) >= queued_upto + 5, 120, what="re-sent readings")
     vb.power_cut()
     assert_exactly_once_in_sequence(fleet.engine, d, max_contiguous(fleet.engine, d))
 

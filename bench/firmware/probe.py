@@ -1,7 +1,8 @@
 # ruff: noqa: E402  (runs as a script under micropython: imports follow the measurements)
 # Runs inside the unix-port micropython (or CPython): the node app's sensing path on the classroom
 # board in an accelerated simulated building, measuring heap and CPU. Prints one JSON line.
-# ARGS (or argv): <config.json> <cycles> <noise seconds> [<modules to load first, comma-separated>]
+# ARGS (or argv): <config.json> <cycles> <noise seconds>. The board's world (simulated chips and
+# building) runs in a process beside it (provisioning/world.py), as sensors sit outside an ESP32.
 import gc
 import json
 import sys
@@ -68,26 +69,13 @@ gc.collect()
 base = alloc()
 from node import app  # the whole app, as a node loads it
 
-# Parts (ARGS[4], from a first run: the node.sim modules it loaded): the simulated world's code and
-# its building go in before the sensors, so what is left is the node proper, what an ESP32 holds.
 parts = {"noise_code": noise_code, "node_core": live() - base}
-if len(ARGS) > 4:
-    mark = live()
-    for m in ARGS[4].split(","):
-        __import__(m)
-    parts["sim_code"] = live() - mark
-    mark = live()
-    if "building" in cfg:
-        from node.sim import building
-
-        building.install(cfg["building"])
-    parts["sim_building"] = live() - mark
 mark = live()
 node = app.Node(cfg)
 node.build_sensors()
 gc.collect()
 loaded = alloc()
-parts["sensing"] = loaded - mark  # sampler, drivers and their objects (+ the fakes' objects)
+parts["sensing"] = loaded - mark  # sampler, drivers, the link to the world and their objects
 peak_live = loaded
 peak = loaded
 s = node.sampler
@@ -126,7 +114,7 @@ print(
             "noise_samples_per_s": rates,
             "heap_parts_bytes": parts,
             "app_file": app.__file__,  # the app's code: a folder or the ROMFS image at /rom
-            "sim_modules": sorted(m for m in sys.modules if m.startswith("node.sim")),
+            "sim_modules": sorted(m for m in sys.modules if m == "node.sim" or m.startswith("node.sim.")),
             "faults": s.faults,
             "reports": s.reports,
         }

@@ -24,8 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-import romfs  # noqa: E402  (bench/firmware/romfs.py, beside this file)
-
+from provisioning import romfs  # noqa: E402
 from provisioning.mpy import compile_sources  # noqa: E402
 from provisioning.tree import FIRMWARE  # noqa: E402
 from provisioning.virtual import micropython_executable  # noqa: E402
@@ -41,9 +40,9 @@ def classroom_config() -> dict:
         "sample_interval_s": 1,
         "health_interval_s": 60,
         "board": "sim-classroom",
-        "outbox_ram": 10,
         "sensors": [dict(spec, name=key) for key, spec in b["sensors"].items()],
         "building": dict(b["building"]),
+        "world": True,  # the chips and the building in a process beside the node (provisioning/world.py)
     }
 
 
@@ -61,33 +60,40 @@ def compiled_app(into: Path) -> Path:
     return into
 
 
-def run_probe(
-    heapsize: str, cycles: int, noise_s: float, mode: str, first: list[str] | None = None
-) -> subprocess.CompletedProcess:
+def run_probe(heapsize: str, cycles: int, noise_s: float, mode: str) -> subprocess.CompletedProcess:
     """The probe under `-X heapsize` with the app as `mode`: its .py files, the .mpy files on the
-    filesystem, or the .mpy files in a ROMFS image mapped outside the heap (executed in place)."""
+    filesystem, or the .mpy files in a ROMFS image mapped outside the heap (executed in place);
+    its world in a process of its own, as a virtual board has it."""
     with tempfile.TemporaryDirectory() as d:
         cfg = Path(d) / "config.json"
         cfg.write_text(json.dumps(classroom_config()))
-        args = ["probe", str(cfg), str(cycles), str(noise_s)] + ([",".join(first)] if first else [])
+        args = ["probe", str(cfg), str(cycles), str(noise_s)]
         code = f"ARGS = {args!r}\n"
         if mode == "romfs":
             image = Path(d) / "app.romfs"
             image.write_bytes(romfs.build_image(compiled_app(Path(d) / "app")))
-            launcher = [sys.executable, romfs.__file__, str(image)]
-            code = romfs.MOUNT + code
+            launcher = [sys.executable, "-m", "provisioning.romfs", "--rom", f"app={image}"]
+            code = romfs.mount_code("app") + code
         else:
             app = compiled_app(Path(d) / "app") if mode == "mpy" else FIRMWARE / "app"
             launcher = [micropython_executable()]
             code = f"import sys\nsys.path.insert(0, {str(app)!r})\n" + code
         cmd = [*launcher, "-X", f"heapsize={heapsize}", "-c", code + PROBE.read_text()]
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=d, timeout=600)
+        world = subprocess.Popen(
+            [sys.executable, "-P", "-m", "provisioning.world", d],
+            cwd=d,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=d, timeout=600)
+        finally:
+            world.terminate()
+            world.wait()
 
 
-def probe(
-    heapsize: str, cycles: int, noise_s: float, mode: str = "source", first: list[str] | None = None
-) -> dict:
-    r = run_probe(heapsize, cycles, noise_s, mode, first)
+def probe(heapsize: str, cycles: int, noise_s: float, mode: str = "source") -> dict:
+    r = run_probe(heapsize, cycles, noise_s, mode)
     if r.returncode != 0:
         raise SystemExit(f"probe failed ({mode}):\n{r.stdout}\n{r.stderr}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -100,6 +106,65 @@ def smallest_heap_kb(cycles: int, mode: str, lo: int = 64, hi: int = 512, step: 
     while hi - lo > step:
         mid = (lo + hi) // 2 // step * step
         if run_probe(f"{mid}k", cycles, 0.05, mode).returncode == 0:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+NODE_UNTIL_H = 19.0  # a school day, from the building's 07:00
+
+
+def node_day_runs(broker, heapsize: str, mode: str, work: Path) -> bool:
+    """The whole node (classroom board, MQTT link to a real broker, its world beside it) through an
+    accelerated school day in `heapsize`, its app as `mode`: no MemoryError, no reset, reports sent."""
+    import uuid
+
+    from provisioning.virtual import VirtualBoard
+
+    device, password = f"bench-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    broker.users.set_user(device, password)
+    broker.reload()
+    cfg = classroom_config() | {
+        "device_id": device,
+        "mqtt": {"host": broker.host, "port": broker.port, "keepalive": 30},
+        "sample_interval_s": 0.25,
+        "report_interval_s": 0.5,
+        "health_interval_s": 2,
+    }
+    cfg["building"]["speed"] = 1800
+    root = work / device
+    vb = VirtualBoard.create(root, cfg, {"user": device, "password": password}, heapsize=heapsize,
+                             rom=mode == "romfs")
+    if mode == "mpy":  # the slot as an ESP32 gets it today: .mpy files on the filesystem
+        slot = root / "app" / "a"
+        sources = {p.relative_to(slot).as_posix(): p.read_bytes() for p in slot.rglob("*.py")}
+        for rel, data in compile_sources(sources, "host").items():
+            (slot / rel).write_bytes(data)
+            (slot / rel).with_suffix(".py").unlink()
+    vb.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            console = vb.console()
+            if "MemoryError" in console or console.count("--- board start") > 1:
+                return False
+            log = root / "building.log"
+            last = log.read_text().strip().rsplit("\n", 1)[-1] if log.exists() else ""
+            if last and (int(last.split()[0]) % 86400) / 3600 >= NODE_UNTIL_H:
+                return len(vb.sent_seqs()) > 20 and "Traceback" not in console
+            time.sleep(0.5)
+        return False
+    finally:
+        vb.close()
+        broker.users.remove_user(device)
+
+
+def node_smallest_heap_kb(broker, mode: str, work: Path, lo: int = 64, hi: int = 320, step: int = 8) -> int:
+    """The whole node's smallest -X heapsize (KB, to `step`) for a school day, by bisection."""
+    while hi - lo > step:
+        mid = (lo + hi) // 2 // step * step
+        if node_day_runs(broker, f"{mid}k", mode, work):
             hi = mid
         else:
             lo = mid
@@ -137,8 +202,8 @@ def in_place_check() -> dict:
         image.write_bytes(romfs.build_image(tree))
         out = {"mpy_bytes": len(mpy)}
         for name, where in (("file", str(tree)), ("rom", "/rom")):
-            code = romfs.MOUNT + IN_PLACE_PROBE.format(where=where)
-            cmd = [sys.executable, romfs.__file__, str(image), "-c", code]
+            code = romfs.mount_code("app") + IN_PLACE_PROBE.format(where=where)
+            cmd = [sys.executable, "-m", "provisioning.romfs", "--rom", f"app={image}", "-c", code]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
             heap, file, _ = r.stdout.split()
             out[f"heap_from_{name}_bytes"] = int(heap)
@@ -155,10 +220,8 @@ def main() -> None:
     p = probe(args.heapsize, cycles, noise_s)
     m = probe(args.heapsize, cycles, noise_s, "mpy")
     r = probe(args.heapsize, cycles, noise_s, "romfs")
-    # Again with the simulated world loaded first: its share of the heap against the node proper's.
-    parts = probe(args.heapsize, cycles, noise_s, "mpy", first=m["sim_modules"])["heap_parts_bytes"]
-    # The same split with the code in ROM: per part, what executing in place leaves in the heap.
-    rom_parts = probe(args.heapsize, cycles, noise_s, "romfs", first=m["sim_modules"])["heap_parts_bytes"]
+    if m["sim_modules"]:
+        raise SystemExit(f"the simulated world ran in the node's heap: {m['sim_modules']}")
     heap = ("app", "loaded", "peak", "peak_live")
     summary = {
         "bench": "firmware",
@@ -174,17 +237,29 @@ def main() -> None:
         "noise_16k_realtime_x": round(p["noise_samples_per_s"]["16000"] / 16000, 2),
         "noise_48k_realtime_x": round(p["noise_samples_per_s"]["48000"] / 48000, 2),
         "mpy": {k: round(m[f"heap_{k}_bytes"] / 1024, 1) for k in heap},
-        # .mpy, after load: the simulated world (sim_*: no such thing on an ESP32) and the node proper
-        "heap_parts_kb": {k: round(v / 1024, 1) for k, v in parts.items()},
+        # .mpy, after load: the noise driver, the node's core, the sensing path with its objects
+        "heap_parts_kb": {k: round(v / 1024, 1) for k, v in m["heap_parts_bytes"].items()},
         "smallest_heap_kb": smallest_heap_kb(cycles, "source"),
         # .mpy executed in place from a ROMFS image outside the heap (`app_file`: where it came from)
         "romfs": {k: round(r[f"heap_{k}_bytes"] / 1024, 1) for k in heap}
-        | {"parts_kb": {k: round(v / 1024, 1) for k, v in rom_parts.items()}, "app_file": r["app_file"]}
+        | {"parts_kb": {k: round(v / 1024, 1) for k, v in r["heap_parts_bytes"].items()}, "app_file": r["app_file"]}
         | code_kb()
         | {"in_place_check": in_place_check()},
     }
     summary["mpy"]["smallest_heap_kb"] = smallest_heap_kb(cycles, "mpy")
     summary["romfs"]["smallest_heap_kb"] = smallest_heap_kb(cycles, "romfs")
+    if not args.quick:
+        # The whole node with its link, as tests/firmware/sampling/test_heap.py runs it, per mode.
+        from fleet.broker import LocalBroker
+
+        with tempfile.TemporaryDirectory(prefix="maille-bench-node-") as d:
+            broker = LocalBroker(Path(d) / "mosquitto").start()
+            try:
+                summary["node_smallest_heap_kb"] = {
+                    mode: node_smallest_heap_kb(broker, mode, Path(d)) for mode in ("source", "mpy", "romfs")
+                }
+            finally:
+                broker.stop()
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     details = out / f"firmware-{time.strftime('%Y%m%d-%H%M%S')}.json"

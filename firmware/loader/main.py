@@ -123,6 +123,22 @@ def trial_step(p):
     return prev
 
 
+def code_path(slot):
+    """Where the slot's code is imported from: its folder, or its ROMFS image mounted at /rom and
+    executed in place (bytecode stays in flash, out of the heap). A virtual board run by
+    `provisioning.romfs` is told where each slot's image is mapped; a chip's loader would find it
+    in the slot's romfs partition (not built yet: ESP32 slots are folders)."""
+    try:
+        import uctypes
+        import vfs
+
+        addr, size = os.getenv("MAILLE_ROMFS_" + slot.upper()).split(":")
+        vfs.mount(vfs.VfsRom(uctypes.bytearray_at(int(addr), int(size))), "/rom")
+    except (ImportError, AttributeError, ValueError):  # CPython, or no image for this slot
+        return "app/" + slot
+    return "/rom"
+
+
 def reset():
     if sys.platform == "esp32":
         import machine
@@ -155,10 +171,11 @@ if reset_cause() == "watchdog":
     crashes += 1
     write_atomic("data/crashes", str(crashes))
 safe = crashes >= MAX_CRASHES
-sys.path.insert(0, "app/" + slot)
-print("loader: starting app slot %s%s%s" % (
+code = code_path(slot)
+sys.path.insert(0, code)
+print("loader: starting app slot %s%s%s%s" % (
     slot, " (trial boot %d)" % pointer.get("tries", 0) if trial else "",
-    " in SAFE MODE after %d crashes" % crashes if safe else ""))
+    " in SAFE MODE after %d crashes" % crashes if safe else "", " from ROM" if code == "/rom" else ""))
 try:
     import node.app
 

@@ -10,7 +10,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 ENCODE = """
 from node import codec
-print(codec.telemetry(42, 1795686126, [("temperature", "Cel", 21.5), ("humidity", "%RH", 48.25)]))
+print(codec.telemetry(42, 1795686126, [("temperature", "Cel", 21.5), ("humidity", "%RH", 48.25)]).decode())
 print(codec.state_online("0.1.0", "sim", 3, "power_on", 1795686126, "normal", 0))
 print(codec.state_offline())
 from node.app import Node

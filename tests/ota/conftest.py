@@ -80,13 +80,14 @@ def manifest_url(server: BundleServer, name: str) -> str:
     return f"{server.url}/releases/{name}/manifest.json"
 
 
-def ota_node(boards, broker, device_credentials, releases, tmp_path, base=BASE, **ota):
-    """A virtual board running release `base` from slot a, the fleet's release key provisioned."""
+def ota_node(boards, broker, device_credentials, releases, tmp_path, base=BASE, rom=False, **ota):
+    """A virtual board running release `base` from slot a, the fleet's release key provisioned
+    (`rom`: its slots executed in place from ROMFS images)."""
     device, pw = device_credentials()
     settings = {"keys": [releases.pub], "confirm_s": 2, "trial_s": 30}
     settings.update(ota)
     cfg = node_config(device, broker, ota=settings, health_interval_s=5)
-    vb = boards(tmp_path / device, cfg, {"user": device, "password": pw})
+    vb = boards(tmp_path / device, cfg, {"user": device, "password": pw}, rom=rom)
     release.unpack(releases.root / "releases" / base, vb.root / "app" / "a")
     return device, vb
 

@@ -31,6 +31,27 @@ def test_good_update_goes_through_trial_to_confirmed(
         fleet.clear()
 
 
+def test_a_board_running_its_slots_from_rom_updates_into_the_other_image(
+    boards, broker, device_credentials, releases, bundle_server, tmp_path
+):
+    # Slots as ROMFS images executed in place (provisioning.romfs): the update is installed into
+    # slot b's files, slot b's image is made from them at the reset, and the trial runs from it.
+    releases.make("1.1.1", "1.1.1")
+    device, vb = ota_node(boards, broker, device_credentials, releases, tmp_path, rom=True)
+    fleet = Fleet(broker, device)
+    try:
+        vb.start()
+        fleet.wait_online(BASE)
+        assert "loader: starting app slot a from ROM" in vb.console()
+        fleet.offer("1.1.1", manifest_url(bundle_server, "1.1.1"))
+        confirmed = fleet.wait_status("confirmed", "1.1.1", timeout=60)
+        assert confirmed["running"] == "1.1.1" and confirmed["slot"] == "b"
+        assert "loader: starting app slot b (trial boot 1) from ROM" in vb.console()
+        assert (vb.root / "rom" / "b.img").read_bytes()[:2] == b"\xd2\xcd"  # romfs magic
+    finally:
+        fleet.clear()
+
+
 def test_refused_releases_leave_the_node_on_its_version(
     boards, broker, device_credentials, releases, bundle_server, tmp_path
 ):

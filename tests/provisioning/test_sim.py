@@ -36,7 +36,7 @@ def test_sim_target_comes_online_with_compiled_app(broker, device_credentials, t
         diagnosis, text = watch(f"sim:{d}", timeout=30)
         assert diagnosis.online and "accepted" in diagnosis.summary, text
     finally:
-        vb.power_cut()
+        vb.close()
     # a second run changes nothing but keeps the board's runtime data
     before = {p.relative_to(d).as_posix(): p.read_bytes() for p in d.rglob("*") if p.is_file()}
     provision_board(f"sim:{d}", sim, files)
@@ -53,7 +53,7 @@ def test_sim_with_wrong_password_is_diagnosed(broker, device_credentials, tmp_pa
     try:
         diagnosis, text = watch(f"sim:{d}", timeout=4)
     finally:
-        vb.power_cut()
+        vb.close()
     assert diagnosis.code == "broker_refused", text
     assert "not-the-password" not in text
 

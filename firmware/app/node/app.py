@@ -45,7 +45,7 @@ class Node:
         self.boot = store.bump("data/boot")
         self.reset_cause = port.reset_cause()
         self.seq = store.SeqCounter("data/seq")
-        self.outbox = Outbox("data/outbox", ram_capacity=cfg.get("outbox_ram", 100),
+        self.outbox = Outbox("data/outbox", ram_bytes=cfg.get("outbox_ram_bytes", 4096),
                              flash_capacity=cfg.get("outbox_flash", 20000), clock=port.ticks_ms, diff=port.ticks_diff)
         self.sensors = []
         self.sampler = None  # node.sampler.Sampler, built with the sensors
@@ -78,7 +78,14 @@ class Node:
         # Imported here so that safe mode never loads sensor code, the likeliest cause of a crash.
         from node import sampler, sensors
 
-        if "building" in self.cfg:  # a virtual board in a simulated building, on its accelerated clock
+        if self.cfg.get("world"):
+            # A virtual board: its simulated chips and building run in a process beside it
+            # (provisioning/world.py), as a real board's chips are outside its MCU.
+            from node import simlink
+
+            if not simlink.connect():
+                self.log("error", "world: no answer, the simulated sensors are gone")
+        elif "building" in self.cfg:  # a building in the node's heap (no world process), on its clock
             from node.sim import building
 
             building.install(self.cfg["building"])
@@ -112,7 +119,11 @@ class Node:
 
     def queue(self, seq, bt, records):
         link = self.client is not None and self.client.connected
-        self.outbox.put(seq, codec.telemetry(seq, bt, records), link)
+
+        def encode(buf, at):
+            return codec.telemetry_into(buf, at, seq, bt, records)
+
+        self.outbox.put(seq, encode, link)
         self.wake.set()
 
     async def sample_loop(self):
@@ -320,7 +331,9 @@ class Node:
                     pass
                 continue
             seq, payload = item
-            await client.publish(self.topic("telemetry"), payload, qos=1)
+            # No re-send with DUP on a lost PUBACK (payload may be a view of the outbox's buffer,
+            # reused meanwhile): the link is dropped instead, and the outbox re-sends on the next.
+            await client.publish(self.topic("telemetry"), payload, qos=1, retries=0)
             self.outbox.mark_sent(seq)
             self.log("info", "sent seq=%d" % seq)
 

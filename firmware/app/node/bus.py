@@ -1,6 +1,7 @@
 # Bus interfaces shared by the sensor drivers: the fault type, CRC helpers, Sensirion word framing,
 # a ring buffer of timestamped edges, blocking time helpers, and the one place that opens real
-# buses (machine.I2C/UART/I2S/Pin) or, when a sensor spec has "sim", the simulated devices.
+# buses (machine.I2C/UART/I2S/Pin) or, when a sensor spec has "sim", the simulated devices (in the
+# board's world process, node.simlink, or in this one, node.sim).
 import time
 
 try:
@@ -128,9 +129,10 @@ class Edges:
 
 
 # --- opening buses -------------------------------------------------------------------------------
-# A spec with "sim" gets a simulated device from node.sim; otherwise the port opens the real bus on
-# the pins named in the spec. Buses are shared between sensors by their id.
+# A spec with "sim" gets a simulated device; otherwise the port opens the real bus on the pins named
+# in the spec. Buses are shared between sensors by their id.
 _buses = {}
+world = False  # a virtual board's simulated devices live in its world process (node.simlink.connect)
 
 
 def _port():
@@ -139,11 +141,21 @@ def _port():
     return port
 
 
+def _sim(what, kind, spec, clock, pin=None, rate=0):
+    # From the world process on a virtual board that has one, else from node.sim in this process
+    # (the driver tests, which build sensors without a board).
+    if world:
+        from node import simlink
+
+        return simlink.device(what, kind, spec, pin, rate)
+    from node import sim
+
+    return sim.device(what, kind, spec, clock, pin, rate)
+
+
 def i2c(spec, kind, clock=None):
     if "sim" in spec:
-        from node import sim
-
-        return sim.i2c_for(kind, spec, clock)
+        return _sim("i2c", kind, spec, clock)
     c = spec.get("i2c") or {}
     key = ("i2c", c.get("id", 0))
     if key not in _buses:
@@ -153,9 +165,7 @@ def i2c(spec, kind, clock=None):
 
 def uart(spec, kind, clock=None, baud=9600):
     if "sim" in spec:
-        from node import sim
-
-        return sim.uart_for(kind, spec, clock)
+        return _sim("uart", kind, spec, clock)
     c = spec.get("uart") or {}
     key = ("uart", c.get("id", 2))
     if key not in _buses:
@@ -165,18 +175,14 @@ def uart(spec, kind, clock=None, baud=9600):
 
 def i2s(spec, rate, clock=None):
     if "sim" in spec:
-        from node import sim
-
-        return sim.i2s_for(spec, rate)
+        return _sim("i2s", "i2s", spec, clock, rate=rate)
     return _port().open_i2s(spec.get("i2s") or {}, rate)
 
 
 def edges(spec, name, kind, clock=None):
     """Edges of the GPIO spec[name] (a pin number); level 1 = active (pulse on, beam broken, open)."""
     if "sim" in spec:
-        from node import sim
-
-        return sim.edges_for(kind, name, spec, clock)
+        return _sim("edges", kind, spec, clock, pin=name)
     q = Edges(spec.get("edge_buffer", 64))
     _port().watch_edges(spec[name], spec.get("active_low", True), q)
     return q

@@ -82,8 +82,9 @@ def _str(s):
     return struct.pack("!H", len(s)) + s
 
 
-def _packet(kind, body):
-    return bytes([kind]) + _varint(len(body)) + body
+def _packet(kind, body, tail=b""):
+    """The packet's bytes before `tail` (a payload, written after them: never copied into them)."""
+    return bytes([kind]) + _varint(len(body) + len(tail)) + body
 
 
 class MQTTClient:
@@ -190,26 +191,28 @@ class MQTTClient:
                 pass
 
     # --- sending --------------------------------------------------------------------------
-    async def _write(self, data):
+    async def _write(self, data, tail=b""):
         if self._writer is None:
             raise OSError("not connected")
         async with self._lock:
             self._writer.write(data)
+            if tail:
+                self._writer.write(tail)
             await self._writer.drain()
 
     def _next_pid(self):
         self._pid = self._pid % 65535 + 1
         return self._pid
 
-    async def _await_ack(self, pid, packet, timeout, retries):
-        """Send `packet` and wait for its ack; QoS 1 re-sends with DUP set, boundedly."""
+    async def _await_ack(self, pid, packet, timeout, retries, tail=b""):
+        """Send `packet` (+ `tail`) and wait for its ack; QoS 1 re-sends with DUP set, boundedly."""
         slot = [asyncio.Event(), None]
         self._pending[pid] = slot
         try:
             for attempt in range(retries + 1):
                 if not self.connected:
                     break
-                await self._write(packet)
+                await self._write(packet, tail)
                 try:
                     await asyncio.wait_for(slot[0].wait(), timeout)
                 except asyncio.TimeoutError:
@@ -227,11 +230,11 @@ class MQTTClient:
             payload = payload.encode()
         head = PUBLISH | (qos << 1) | (1 if retain else 0)
         if qos == 0:
-            await self._write(_packet(head, _str(topic) + payload))
+            await self._write(_packet(head, _str(topic), payload), payload)
             return
         pid = self._next_pid()
-        packet = _packet(head, _str(topic) + struct.pack("!H", pid) + payload)
-        await self._await_ack(pid, packet, timeout, retries)
+        packet = _packet(head, _str(topic) + struct.pack("!H", pid), payload)
+        await self._await_ack(pid, packet, timeout, retries, payload)
 
     async def subscribe(self, topic, qos=1, timeout=10):
         pid = self._next_pid()

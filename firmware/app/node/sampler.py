@@ -141,6 +141,8 @@ class Sampler:
             if e.pressure and self.pressure_pa is not None:
                 e.s.pressure_pa = self.pressure_pa
             recs = e.s.read()
+        except MemoryError:  # the node's, not the sensor's: it must not pass for a sensor fault
+            raise
         except Exception as ex:  # SensorFault, or a driver bug: this sensor only
             e.fault = reason(e.label, ex)
             return
@@ -172,6 +174,8 @@ class Sampler:
             if e.ready:
                 try:
                     e.poll()
+                except MemoryError:
+                    raise
                 except Exception as ex:
                     e.fault = reason(e.label, ex)
 

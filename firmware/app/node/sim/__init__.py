@@ -144,6 +144,18 @@ def values(spec, clock):
     return lambda: model(t())
 
 
+def device(what, kind, spec, clock, pin=None, rate=0):
+    """The simulated device node.bus opens for a spec with "sim" (what: i2c, uart, i2s or edges of
+    input `pin`), in the node's process or in a virtual board's world (provisioning/world.py)."""
+    if what == "i2c":
+        return i2c_for(kind, spec, clock)
+    if what == "uart":
+        return uart_for(kind, spec, clock)
+    if what == "i2s":
+        return i2s_for(spec, rate)
+    return edges_for(kind, pin, spec, clock)
+
+
 # Each simulated device is imported only when a board uses it: RAM on the ESP32 is scarce.
 def i2c_for(kind, spec, clock):
     bus_ = I2C()

@@ -6,8 +6,10 @@
 #
 # cfg: {"kind": "classroom", "seed": 3, "speed": 120, "start_h": 7.0, ...overrides of PARAM_NAMES}
 #
-# This is the physical world of a virtual board, and it runs in the node's own heap: its tables
-# are bytes and small ints, the day's plan is an int array, edges wait as ints (t << 1 | level).
+# This is the physical world of a virtual board. It runs in the board's world process
+# (provisioning/world.py), outside the node's heap; driver tests may still run it in their own
+# process, so it stays compact: its tables are bytes and small ints, the day's plan is an int array,
+# edges wait as ints (t << 1 | level).
 import array
 import math
 import time
