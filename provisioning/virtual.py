@@ -208,6 +208,17 @@ class VirtualBoard:
         """Sequence numbers the node reports it has published (and the broker acknowledged)."""
         return [int(m) for m in re.findall(r"^sent seq=(\d+)$", self.console(), re.M)]
 
+    def flash_outbox(self) -> dict[int, str]:
+        """The reports waiting in the node's flash outbox (node/outbox.py segments), by seq: what a
+        node keeps for the fleet until its watermark covers them."""
+        out = {}
+        for seg in sorted((self.root / "data" / "outbox").glob("*.log")):
+            for line in seg.read_text().splitlines():
+                m = re.match(r"^(\d+) (\{.*\}) [0-9a-f]{8}$", line)
+                if m:
+                    out[int(m.group(1))] = m.group(2)
+        return out
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.console().splitlines()[-lines:])
 

@@ -91,11 +91,13 @@ class Node:
             building.install(self.cfg["building"])
         self.sampler = sampler.build(self.cfg, sensors, port.epoch, port.ticks_ms, port.ticks_diff)
         self.sensors = [e.s for e in self.sampler.entries]
-        self.faults = self.sampler.faults
+        self.faults = []
 
     def sample(self):
         """One sampling tick: read the sensors that are due; queue a report when the window ends."""
         records = self.sampler.tick()
+        if self.sampler.faults != self.faults:  # a change, said once on the console (and in health)
+            self.log("warning", "sensors: %s" % ("; ".join(self.sampler.faults) or "all good again"))
         self.faults = self.sampler.faults
         if not records:
             return
