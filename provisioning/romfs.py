@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import io
 import mmap
 import os
@@ -61,21 +60,16 @@ def slot_image(slot: Path, arch: str = "host") -> bytes:
         return build_image(Path(tmp))
 
 
-def refresh_slot_image(slot: Path, image: Path) -> bool:
-    """Write `image` for `slot` unless it is up to date (same files, same bytes); False if the slot
-    holds no app. Like writing a romfs partition after an install, done by the host at power-on."""
+def flash_slot_image(slot: Path, image: Path) -> bool:
+    """Write `image` from `slot`'s files if it has none yet, as flashing a board writes its first
+    romfs partition (later images are the node's own, written after each install: node/romfs.py);
+    False if the slot holds no app."""
+    if image.exists():
+        return True
     if not (slot / "node").is_dir():
         return False
-    digest = hashlib.sha256()
-    for p in sorted(slot.rglob("*")):
-        if p.is_file():
-            digest.update(p.relative_to(slot).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
-    stamp = image.with_suffix(".sha256")
-    if image.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
-        return True
     image.parent.mkdir(parents=True, exist_ok=True)
     image.write_bytes(slot_image(slot))
-    stamp.write_text(digest.hexdigest())
     return True
 
 

@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from provisioning.romfs import refresh_slot_image
+from provisioning.romfs import flash_slot_image
 from provisioning.tree import node_files, write_tree
 from provisioning.world import LOG_FILE, PORT_FILE, with_world
 
@@ -77,7 +77,7 @@ class VirtualBoard:
             cmd = [sys.executable, "-P", "-m", "provisioning.romfs"]
             for slot in ("a", "b"):
                 image = self.root / "rom" / f"{slot}.img"
-                if refresh_slot_image(self.root / "app" / slot, image):
+                if flash_slot_image(self.root / "app" / slot, image):
                     cmd += ["--rom", f"{slot}={image}"]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]

@@ -124,17 +124,29 @@ def trial_step(p):
 
 
 def code_path(slot):
-    """Where the slot's code is imported from: its folder, or its ROMFS image mounted at /rom and
-    executed in place (bytecode stays in flash, out of the heap). A virtual board run by
-    `provisioning.romfs` is told where each slot's image is mapped; a chip's loader would find it
-    in the slot's romfs partition (not built yet: ESP32 slots are folders)."""
+    """Where the slot's code is imported from: its ROMFS image mounted at /rom and executed in
+    place (bytecode stays in flash, out of the heap), or its folder when it has no image. The app
+    writes a slot's image after installing it (node/romfs.py). On a chip built with two romfs
+    partitions, segment 0 is slot a's and 1 slot b's; a virtual board run by `provisioning.romfs`
+    is told where each slot's image is mapped."""
     try:
-        import uctypes
         import vfs
 
-        addr, size = os.getenv("MAILLE_ROMFS_" + slot.upper()).split(":")
-        vfs.mount(vfs.VfsRom(uctypes.bytearray_at(int(addr), int(size))), "/rom")
-    except (ImportError, AttributeError, ValueError):  # CPython, or no image for this slot
+        if sys.platform == "esp32":
+            if vfs.rom_ioctl(1) < 2:
+                return "app/" + slot
+            image = vfs.rom_ioctl(2, "ab".index(slot))
+        else:
+            import uctypes
+
+            addr, size = os.getenv("MAILLE_ROMFS_" + slot.upper()).split(":")
+            image = uctypes.bytearray_at(int(addr), int(size))
+        try:
+            vfs.umount("/rom")  # the port mounts segment 0 at boot
+        except OSError:
+            pass
+        vfs.mount(vfs.VfsRom(image), "/rom")
+    except (ImportError, AttributeError, ValueError, OSError):  # CPython, no image, an erased one
         return "app/" + slot
     return "/rom"
 

@@ -18,7 +18,8 @@ HEALTHY_AFTER_MS = 20000  # online this long with data stored by the fleet: the 
 UNTIMED_MAX = 360  # readings held while the clock is unknown
 POLL_MS = 100  # streaming sensors (noise, edges) are drained this often
 LEVELS = ("debug", "info", "warning", "error")
-OTA_MODULES = ("node.ota", "node.install", "node.fwimage", "node.httpget", "node.ed25519", "node.sha512")
+OTA_MODULES = ("node.ota", "node.install", "node.fwimage", "node.httpget", "node.ed25519", "node.sha512",
+               "node.romfs")
 REMOTE_MODULES = ("node.remote", "node.config")
 
 

@@ -293,6 +293,14 @@ class Job:
         with open(root + "/manifest.sig", "wb") as fo:
             fo.write(sig_bytes)
         write_atomic(root + "/manifest.json", manifest_bytes.decode(), "verified")
+        if port.rom_slots():  # the loader runs slots from their ROM images: write the target's
+            from node import romfs
+
+            out = port.rom_writer(target, romfs.size(root))
+            n = romfs.write(root, out.write)
+            out.close()
+            port.log("ota: slot %s written to its ROM image (%d bytes)" % (target, n))
+            port.checkpoint("rom-written")
         u.status("installed", version, reason="slot %s" % target)
         port.checkpoint("installed")
         u.record(offer, "rebooting")

@@ -252,3 +252,61 @@ def fw_mark_valid():
     from esp32 import Partition
 
     Partition.mark_app_valid_cancel_rollback()
+
+
+# --- app slots in ROM (node/romfs.py) -------------------------------------------------------------
+# A firmware built with two romfs partitions (MICROPY_VFS_ROM) holds slot a's image in segment 0 and
+# slot b's in segment 1; the loader mounts the running slot's at /rom. Written through vfs.rom_ioctl
+# as mpremote's `romfs deploy` does: prepare (erase) for the size, then whole chunks of a multiple of
+# the minimum write size at increasing offsets, then done. Not run on a chip yet.
+ROM_CHUNK = 4096
+
+
+def rom_slots():
+    try:
+        import vfs
+
+        return vfs.rom_ioctl(1) >= 2
+    except (ImportError, AttributeError, OSError):
+        return False
+
+
+class _RomSegment:
+    def __init__(self, slot, size):
+        import vfs
+
+        self.ioctl = vfs.rom_ioctl
+        self.seg = "ab".index(slot)
+        if size > len(self.ioctl(2, self.seg)):
+            raise OSError("the image (%d bytes) is larger than ROM segment %d" % (size, self.seg))
+        step = self.ioctl(3, self.seg, size)
+        step = step if step > 0 else 1
+        self.buf = bytearray((ROM_CHUNK + step - 1) // step * step)
+        self.n = 0
+        self.offset = 0
+
+    def write(self, data):
+        i = 0
+        while i < len(data):
+            k = min(len(data) - i, len(self.buf) - self.n)
+            self.buf[self.n:self.n + k] = data[i:i + k]
+            self.n += k
+            i += k
+            if self.n == len(self.buf):
+                self._flush()
+
+    def _flush(self):
+        for j in range(self.n, len(self.buf)):
+            self.buf[j] = 0
+        self.ioctl(4, self.seg, self.offset, self.buf)
+        self.offset += len(self.buf)
+        self.n = 0
+
+    def close(self):
+        if self.n:
+            self._flush()
+        self.ioctl(5, self.seg)
+
+
+def rom_writer(slot, size):
+    return _RomSegment(slot, size)

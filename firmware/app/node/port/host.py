@@ -202,3 +202,34 @@ def fw_running():
 
 def fw_read_block(part, block, buf):
     raise OSError(_NO_IMAGE)
+
+
+# --- app slots in ROM (node/romfs.py) -------------------------------------------------------------
+# A virtual board run by provisioning.romfs has each slot's image mapped as a ROM segment
+# (MAILLE_ROMFS_A/B); the segment of a slot is the file rom/<slot>.img, mapped at the next power-on.
+def rom_slots():
+    """The slots run from ROM segments: an update writes the target slot's image too."""
+    return MICROPYTHON and bool(os.getenv("MAILLE_ROMFS_A") or os.getenv("MAILLE_ROMFS_B"))
+
+
+class _RomImage:
+    """A slot's segment written whole, then renamed over the old one (a cut leaves that one)."""
+
+    def __init__(self, slot, size):
+        try:
+            os.mkdir("rom")
+        except OSError:
+            pass
+        self.path = "rom/%s.img" % slot
+        self.f = open(self.path + ".tmp", "wb")
+
+    def write(self, data):
+        self.f.write(data)
+
+    def close(self):
+        self.f.close()
+        os.rename(self.path + ".tmp", self.path)
+
+
+def rom_writer(slot, size):
+    return _RomImage(slot, size)
