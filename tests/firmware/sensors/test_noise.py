@@ -69,3 +69,33 @@ def test_sim_microphone_read_and_throughput(fwrun):
     assert reading[1][:2] == ["noise_lamax", "dB"] and abs(reading[1][2] - 60.5) <= 0.3
     assert rate[0] > 0
     assert fault_ == "noise: no audio samples"
+
+
+def test_a_starting_microphone_is_not_a_fault_but_a_silent_one_is(fwrun):
+    """The first window may close before the I2S DMA delivers, or while the filter settles: no
+    reading then, not a fault. A whole window without a sample is one, from boot as later on."""
+    (first, settling, steady, fault_, dead_first, dead_second) = fwrun("""
+        from node.sensors import noise
+        from node.sim import signals
+        mic = signals.Microphone(16000, 60.0, 1000.0)
+        m = noise.NoiseMeter({"rate": 16000}, None, mic)
+        m.setup()
+        out(m.read())              # read at once: nothing delivered yet
+        clk.sleep(100)
+        out(m.read())              # 0.1 s of audio, all in the 0.25 s settling time
+        clk.sleep(1000)
+        out(m.read())
+        mic.gone = True
+        clk.sleep(1000)
+        out(fault(m.read))
+        dead = signals.Microphone(16000, 60.0, 1000.0)
+        dead.gone = True
+        d = noise.NoiseMeter({"rate": 16000}, None, dead)
+        out(d.read())
+        clk.sleep(1000)
+        out(fault(d.read))
+    """)
+    assert first == [] and settling == []
+    assert steady[0][0] == "noise_laeq" and abs(steady[0][2] - 60.0) <= 0.3
+    assert fault_ == "noise: no audio samples"
+    assert dead_first == [] and dead_second == "noise: no audio samples"

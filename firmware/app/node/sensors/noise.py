@@ -130,11 +130,13 @@ class NoiseMeter:
         self.reset_window()
         self.fast = 0.0
         self.settle = self.rate // 4  # skip the filter's start-up transient
+        self.first = True  # the first window may end before the DMA has delivered anything
 
     def reset_window(self):
         self.e_sum = 0.0
         self.n_sum = 0
         self.fast_max = 0.0
+        self.heard = False  # any sample this window, settling ones included
 
     def level_db(self, ms):
         if ms <= 0:
@@ -161,6 +163,7 @@ class NoiseMeter:
         """Process what the microphone has delivered; call often (a task, or from read())."""
         got = self.source.readinto(self.buf)
         while got:
+            self.heard = True
             self.process(self.buf, got // 4)
             if got < len(self.buf) * 2:
                 break
@@ -169,7 +172,14 @@ class NoiseMeter:
     def read(self):
         self.poll()
         if not self.n_sum:
-            raise hw.SensorFault("noise: no audio samples")
+            # A silent microphone is a fault; a meter still starting or settling has no window yet.
+            silent = not self.heard and not self.first
+            self.first = False
+            self.reset_window()
+            if silent:
+                raise hw.SensorFault("noise: no audio samples")
+            return []
+        self.first = False
         laeq = self.level_db(self.e_sum / self.n_sum)
         lamax = self.level_db(self.fast_max)
         self.reset_window()
