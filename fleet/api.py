@@ -804,7 +804,11 @@ def create_app(
             session.exec(text("SELECT 1"))
         except SQLAlchemyError as e:
             return problem(503, f"database unreachable: {type(getattr(e, 'orig', None) or e).__name__}")
-        return HealthOut(status="ok", database="ok")
+        workers = app.state.ingest
+        down = sum(1 for w in workers if not w.subscribed.is_set())
+        if down:
+            return problem(503, f"ingest not subscribed to the broker: {down} of {len(workers)} workers")
+        return HealthOut(status="ok", database="ok", ingest="subscribed" if workers else "none")
 
     metrics_deps = [] if metrics_public else [require(Perm.read)]
 

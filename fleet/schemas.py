@@ -29,6 +29,9 @@ class Problem(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     database: Literal["ok"]
+    # "subscribed": every ingest worker of this process holds its broker subscription; "none": an
+    # API-only process. A worker that is not subscribed makes /healthz answer 503.
+    ingest: Literal["subscribed", "none"]
 
 
 class _In(BaseModel):

@@ -1,7 +1,8 @@
 """A virtual classroom node (real micropython, every sensor of boards/sim-classroom.toml, its
 building and chips in its world process) through the broker and the fleet's ingest into its
-database, over an accelerated school day (the 128 KB heap run is tests/firmware/sampling/test_heap.py): the stored CO2 rises in lessons and falls at breaks, people in and out balance by the evening,
-and the stored energy matches the load the simulation generated within 1 %."""
+database, over an accelerated school day (the 128 KB heap run is tests/firmware/sampling/test_heap.py):
+the stored CO2 rises in lessons and falls at breaks, people in and out balance by the evening, and the
+stored energy matches the load the simulation generated within 1 %."""
 
 from __future__ import annotations
 

@@ -65,8 +65,17 @@ def assert_problem(response, status: int, detail: str) -> None:
     assert detail in body["detail"], body["detail"]
 
 
-def test_healthz(client):
-    assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+def test_healthz_answers_ok_only_once_ingest_is_subscribed(fleet):
+    assert TestClient(create_app(fleet)).get("/healthz").json() == {
+        "status": "ok",
+        "database": "ok",
+        "ingest": "none",  # an API-only process
+    }
+    ingest = Ingest(fleet, "mqtt://fleet:pw@127.0.0.1:1")  # never run: never subscribed
+    client = TestClient(create_app(fleet, [ingest]))
+    assert_problem(client.get("/healthz"), 503, "ingest not subscribed to the broker: 1 of 1 workers")
+    ingest.subscribed.set()  # what Ingest.run does on its SUBACK
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "ingest": "subscribed"}
 
 
 def test_healthz_without_database():

@@ -29,7 +29,11 @@ def test_serve_gets_ready_answers_and_stops(db_url, broker, engine):
         service = asyncio.create_task(serve(settings, stop, ready))
         await asyncio.wait_for(ready.wait(), 10)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{settings.api_port}") as http:
-            assert (await http.get("/healthz")).json() == {"status": "ok", "database": "ok"}
+            assert (await http.get("/healthz")).json() == {
+                "status": "ok",
+                "database": "ok",
+                "ingest": "subscribed",
+            }
             assert "maille_ingest_received_total" in (await http.get("/metrics")).text
             assert (await http.get("/api/v1/devices")).status_code == 401
             headers = {"Authorization": f"Bearer {admin}"}
