@@ -171,15 +171,14 @@ class NoiseMeter:
 
     def read(self):
         self.poll()
+        first, self.first = self.first, False
         if not self.n_sum:
             # A silent microphone is a fault; a meter still starting or settling has no window yet.
-            silent = not self.heard and not self.first
-            self.first = False
+            silent = not self.heard and not first
             self.reset_window()
             if silent:
                 raise hw.SensorFault("noise: no audio samples")
             return []
-        self.first = False
         laeq = self.level_db(self.e_sum / self.n_sum)
         lamax = self.level_db(self.fast_max)
         self.reset_window()
